@@ -1,0 +1,5 @@
+"""Plasticity methods, one file each; installed as ``plastibench.methods``.
+
+Add a method by adding a file here that defines a :class:`plastibench.method.Method` subclass
+decorated with ``@register_method("name")``; it is discovered automatically.
+"""

@@ -1,0 +1,24 @@
+"""L2 regularisation (``l2``): backprop with coupled weight decay, as the reference.
+
+Update rule: θ ← θ − α·(∇L(θ) + λ·θ), i.e. PyTorch's ``SGD(weight_decay=λ)`` (coupled L2, not
+decoupled AdamW-style decay), applied to every weight and bias.
+
+Defaults (Dohare et al. 2024 reference configs): ``pmnist`` λ = 1e-4, the value plotted in
+``lop/permuted_mnist/plots/all_metrics.py`` from the sweep in ``cfg/l2.json``; ``scr`` λ = 1e-3,
+one value of the sweep 1e-6…1 in ``lop/slowly_changing_regression/cfg/sgd/bp/relu_wd.json``
+(the repository does not single out one).
+"""
+
+from plastibench.method import Method, with_weight_decay
+from plastibench.registry import register_method
+
+
+@register_method("l2")
+class L2(Method):
+    summary = "backprop + coupled L2 weight decay (the paper's L2 baseline)"
+    paper = "Dohare et al., Loss of plasticity in deep continual learning, Nature 632:768-774 (2024)"
+    defaults = {"weight_decay": 1e-4}
+    task_defaults = {"scr": {"weight_decay": 1e-3}, "pmnist": {"weight_decay": 1e-4}}
+
+    def optimizer_spec(self, spec):
+        return with_weight_decay(spec, self.hp["weight_decay"])

@@ -1,0 +1,36 @@
+"""Shrink & Perturb (``snp``) in the Nature paper's per-step form.
+
+Update rule, every step: θ ← θ − α·(∇L(θ) + λ·θ)  (shrink: coupled weight decay in the optimizer),
+then θ ← θ + ε with ε ~ N(0, σ²) drawn independently for every weight and bias of every layer,
+output layer included (``lop/algos/bp.py::Backprop.perturb``). This differs from Ash & Adams
+(2020), who shrink and perturb once at each task boundary.
+
+Defaults (reference configs): ``pmnist`` λ = 1e-4, σ = 1e-5 (``cfg/snp.json``, setting plotted in
+``plots/all_metrics.py``); ``scr`` λ = 1e-2 (``cfg/sgd/bp/relu_snp.json``), σ = 1e-4, one value of
+that file's sweep 1e-6…1e-1.
+"""
+
+import torch
+
+from plastibench import rng
+from plastibench.method import Method, with_weight_decay
+from plastibench.registry import register_method
+
+
+@register_method("snp")
+class ShrinkAndPerturb(Method):
+    summary = "shrink (coupled weight decay) + Gaussian noise on every parameter after each step"
+    paper = ("Ash & Adams, On warm-starting neural network training, NeurIPS 2020; per-step form of "
+             "Dohare et al., Nature 632:768-774 (2024)")
+    defaults = {"weight_decay": 1e-4, "perturb_scale": 1e-5}
+    task_defaults = {"scr": {"weight_decay": 1e-2, "perturb_scale": 1e-4},
+                     "pmnist": {"weight_decay": 1e-4, "perturb_scale": 1e-5}}
+
+    def optimizer_spec(self, spec):
+        return with_weight_decay(spec, self.hp["weight_decay"])
+
+    @torch.no_grad()
+    def after_step(self, info):
+        for name, p in self.run.net.named_parameters():
+            p.add_(rng.normal(self.run.seeds, info.step, f"snp/{name}", tuple(p.shape[1:]),
+                              std=self.hp["perturb_scale"]))

@@ -1,0 +1,191 @@
+"""The ``plastibench`` command line."""
+
+from __future__ import annotations
+
+import json
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from . import __version__
+from .data.paths import DataUnavailable
+from .registry import METHODS, TASKS, UnknownName
+from .runner import UsageError, execute, plan, parse_overrides, resolve_device
+
+app = typer.Typer(
+    help="Benchmark plasticity-preserving methods for continual deep learning.\n\n"
+         "Start with:  plastibench run --method bp,cbp --task scr --protocol short",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False,
+)
+show_app = typer.Typer(help="Show one method or task in full.", no_args_is_help=True)
+app.add_typer(show_app, name="show")
+err = Console(stderr=True)
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    err.print(f"[bold red]Error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def _version(value: bool):
+    if value:
+        typer.echo(f"plastibench {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False):
+    """plastibench: many seeds at once, frozen protocols, confidence intervals."""
+
+
+@app.command()
+def run(
+    method: Annotated[str, typer.Option("--method", "-m", help="Method name(s), comma-separated: bp,cbp. "
+                                        "`plastibench list methods` shows them.")],
+    task: Annotated[str, typer.Option("--task", "-t", help="Task stream, e.g. scr or pmnist.")],
+    protocol: Annotated[str, typer.Option("--protocol", "-p", help="paper (default), short or smoke; "
+                                          "`plastibench list protocols` shows all.")] = "paper",
+    seeds: Annotated[Optional[str], typer.Option(help="Seeds, e.g. 0-9, 2 or 0,3,5. Default: the protocol's "
+                                                 "default count, from 0.")] = None,
+    set_: Annotated[list[str], typer.Option("--set", help="Hyperparameter override KEY=VALUE (every method "
+                                            "that has KEY) or METHOD.KEY=VALUE; repeatable.")] = [],
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    out: Annotated[Path, typer.Option(help="Root of the run directories.")] = Path("runs"),
+    data_dir: Annotated[Optional[Path], typer.Option(help="Dataset root (else $PLASTIBENCH_DATA, else the "
+                                                     "user cache dir).")] = None,
+    verify: Annotated[bool, typer.Option(help="Check dataset checksums against the official files.")] = True,
+    checkpoint_every: Annotated[float, typer.Option(help="Seconds between checkpoints.", min=0)] = 120.0,
+):
+    """Train every seed of each method in one batched model; resume if interrupted.
+
+    All seeds of a method run in lockstep as one batched network. Results go to
+    OUT/TASK/PROTOCOL/METHOD-HASH/ (config, environment, per-seed metrics.csv, summary.yaml).
+    Re-running the same command continues from the last checkpoint; finished runs are not redone.
+    """
+    methods = [m.strip() for m in method.split(",") if m.strip()]
+    try:
+        dev = resolve_device(device)
+        overrides = parse_overrides(set_, methods)
+        plans = [plan(m, task, protocol, seeds, overrides[m], out) for m in methods]
+    except (UnknownName, UsageError) as exc:
+        raise _fail(str(exc.args[0]), 2)
+
+    summaries = []
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("tasks {task.fields[tasks]}"),
+               TextColumn("{task.fields[rate]} seed-steps/s"), TimeElapsedColumn(), TextColumn("ETA"),
+               TimeRemainingColumn())
+    with Progress(*columns, console=err, transient=False) as progress:
+        for p in plans:
+            n_seeds, proto = len(p.config["seeds"]), p.config["protocol_spec"]
+            bar = progress.add_task(f"{p.method:>8} {task}/{protocol}", total=proto["n_tasks"] *
+                                    proto["steps_per_task"], tasks=f"0/{proto['n_tasks']}", rate="-")
+            start = {"time": time.monotonic(), "steps": None}
+
+            def on_progress(pr, bar=bar, start=start, n_seeds=n_seeds, n_tasks=proto["n_tasks"]):
+                if start["steps"] is None:
+                    start["steps"] = pr.steps_done
+                dt = time.monotonic() - start["time"]
+                rate = (pr.steps_done - start["steps"]) * n_seeds / dt if dt > 0 else 0.0
+                progress.update(bar, completed=pr.steps_done, tasks=f"{pr.tasks_done}/{n_tasks}",
+                                rate=f"{rate:,.0f}")
+
+            try:
+                summary = execute(p, device=dev, data_dir=data_dir, verify=verify,
+                                  checkpoint_every=checkpoint_every, on_progress=on_progress)
+            except DataUnavailable as exc:
+                raise _fail(str(exc), 1)
+            except KeyboardInterrupt:
+                raise _fail(f"interrupted; checkpoint saved in {p.directory}. Re-run the same command to "
+                            "resume.", 130)
+            progress.update(bar, completed=progress.tasks[bar].total, tasks=f"{proto['n_tasks']}/{proto['n_tasks']}")
+            summaries.append((p, summary))
+    _print_table(summaries)
+
+
+def _print_table(summaries) -> None:
+    first = summaries[0][1]
+    arrow = "higher is better" if first["higher_is_better"] else "lower is better"
+    table = Table(title=f"{first['task']}/{first['protocol']} ({first['protocol_hash']}): "
+                        f"{first['metric']}, {arrow}")
+    for col in ("method", "mean", "95% CI", "seeds", "run directory"):
+        table.add_column(col)
+    for p, s in summaries:
+        ci = "n/a (1 seed)" if s["ci95"] is None else f"[{s['ci95'][0]:.4f}, {s['ci95'][1]:.4f}]"
+        table.add_row(p.method, f"{s['mean']:.4f}", ci, str(s["n_seeds"]), str(p.directory))
+    Console().print(table)
+
+
+class What(str, Enum):
+    methods = "methods"
+    tasks = "tasks"
+    protocols = "protocols"
+
+
+@app.command("list")
+def list_(what: Annotated[What, typer.Argument(help="methods, tasks or protocols")],
+          as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False):
+    """List registered methods, tasks or protocols."""
+    if what is What.methods:
+        rows = [{"name": n, "summary": METHODS.get(n).summary, "paper": METHODS.get(n).paper}
+                for n in METHODS.names()]
+    elif what is What.tasks:
+        rows = [{"name": n, "summary": TASKS.get(n).summary, "protocols": sorted(TASKS.get(n).protocols)}
+                for n in TASKS.names()]
+    else:
+        rows = [{"task": n, "name": p.name, "hash": p.hash, "tasks": p.n_tasks, "steps_per_task": p.steps_per_task,
+                 "metric": p.metric, "description": p.description}
+                for n in TASKS.names() for p in TASKS.get(n).protocols.values()]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table()
+    for key in rows[0]:
+        table.add_column(key)
+    for row in rows:
+        table.add_row(*(", ".join(v) if isinstance(v, list) else str(v) for v in row.values()))
+    Console().print(table)
+
+
+@show_app.command("method")
+def show_method(name: str):
+    """A method's update rule, paper and default hyperparameters for every task."""
+    try:
+        cls = METHODS.get(name)
+    except UnknownName as exc:
+        raise _fail(str(exc.args[0]), 2)
+    import inspect
+    console = Console()
+    console.print(f"[bold]{name}[/]: {cls.summary}\n[italic]{cls.paper}[/]\n")
+    console.print(inspect.getdoc(inspect.getmodule(cls)) or "", highlight=False, markup=False)
+    table = Table(title="default hyperparameters")
+    table.add_column("task")
+    keys = sorted(cls.hparameter_names())
+    for key in keys:
+        table.add_column(key)
+    for task in ["(any)"] + TASKS.names():
+        hp = cls.hparams_for(task)
+        table.add_row(task, *(str(hp.get(k, "")) for k in keys))
+    if keys:
+        console.print(table)
+
+
+@show_app.command("task")
+def show_task(name: str):
+    """A task's description and its protocols with their hashes."""
+    try:
+        cls = TASKS.get(name)
+    except UnknownName as exc:
+        raise _fail(str(exc.args[0]), 2)
+    import inspect
+    console = Console()
+    console.print(inspect.getdoc(inspect.getmodule(cls)) or cls.summary, highlight=False, markup=False)
+    for p in cls.protocols.values():
+        console.print(f"\n[bold]{p.name}[/] ({p.hash}): {p.description}")
+        console.print(json.dumps(p.to_dict(), indent=2), highlight=False, markup=False)

@@ -1,0 +1,1 @@
+"""Dataset locating, downloading and parsing."""

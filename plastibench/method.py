@@ -1,0 +1,140 @@
+"""The method API: a plasticity method is a small class with hooks around one training loop.
+
+Hooks, in the order the engine calls them:
+
+* ``configure_network(net)``   once, may modify or replace the network;
+* ``optimizer_spec(spec)``     once, may change the protocol's optimizer settings (e.g. L2);
+* ``build_optimizer(params, spec)`` once, may choose or wrap the optimizer;
+* ``on_task_start(task_index)`` at every task boundary, before the task's first step;
+* ``loss_term(out, features)`` every step, an extra per-seed loss ``[S]`` added to the task loss;
+* ``after_step(info)``         every step, after ``optimizer.step()``.
+
+Every tensor has a leading seed axis; a method must act on all seeds at once (masks and
+``torch.where``, never a Python loop over seeds, never ``.item()`` inside a step).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar, Mapping
+
+import torch
+import yaml
+
+from .protocol import OptimizerSpec, Protocol
+
+
+@dataclass
+class RunContext:
+    """What a method may read: seeds ``[S]`` (on the device), the protocol, the net and optimizer."""
+
+    seeds: torch.Tensor
+    task: str
+    protocol: Protocol
+    net: torch.nn.Module | None = None
+    optimizer: torch.optim.Optimizer | None = None
+
+
+@dataclass
+class StepInfo:
+    """One finished step: its global index (a host int), task index and the hidden features."""
+
+    step: int
+    task_index: int
+    features: list[torch.Tensor] = field(default_factory=list)
+
+
+def make_optimizer(params: list[torch.Tensor], spec: OptimizerSpec) -> torch.optim.Optimizer:
+    """PyTorch's SGD or Adam: both act element-wise, so seeds stay independent."""
+    if spec.name == "sgd":
+        return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
+    if spec.name == "adam":
+        return torch.optim.Adam(params, lr=spec.lr, betas=spec.betas, eps=spec.eps,
+                                weight_decay=spec.weight_decay)
+    raise ValueError(f"unknown optimizer {spec.name!r}; known: sgd, adam")
+
+
+class HyperparameterError(ValueError):
+    """A hyperparameter override that names no hyperparameter or has the wrong type."""
+
+
+def _coerce(name: str, value: Any, default: Any) -> Any:
+    if isinstance(value, str):
+        value = yaml.safe_load(value)
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise HyperparameterError(f"{name} must be true or false, got {value!r}")
+        return value
+    if isinstance(default, (int, float)) and not isinstance(value, bool) and isinstance(value, (int, float)):
+        return type(default)(value) if isinstance(default, float) or float(value).is_integer() else value
+    if isinstance(default, str) and isinstance(value, str):
+        return value
+    raise HyperparameterError(f"{name} must be a {type(default).__name__}, got {value!r}")
+
+
+class Method:
+    """Base class: plain backprop with the protocol's optimizer. Subclasses override hooks.
+
+    Class attributes every method sets: ``summary`` (one line), ``paper`` (citation),
+    ``defaults`` (hyperparameters with their paper values) and ``task_defaults`` (per-task values
+    from the paper's own configs, overriding ``defaults``). ``choices`` restricts string values.
+    """
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    defaults: ClassVar[dict[str, Any]] = {}
+    task_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
+    choices: ClassVar[dict[str, tuple[str, ...]]] = {}
+
+    def __init__(self, hparams: Mapping[str, Any], run: RunContext):
+        self.hp = dict(hparams)
+        self.run = run
+
+    @classmethod
+    def hparameter_names(cls) -> set[str]:
+        return set(cls.defaults).union(*cls.task_defaults.values())
+
+    @classmethod
+    def hparams_for(cls, task: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Defaults, then the task's paper values, then user overrides (validated and typed)."""
+        hp = {**cls.defaults, **cls.task_defaults.get(task, {})}
+        for key, value in (overrides or {}).items():
+            if key not in hp:
+                known = ", ".join(sorted(hp)) or "none"
+                raise HyperparameterError(f"method {cls.name!r} has no hyperparameter {key!r} (it has: {known})")
+            hp[key] = _coerce(key, value, hp[key])
+            if key in cls.choices and hp[key] not in cls.choices[key]:
+                raise HyperparameterError(f"{key} must be one of {', '.join(cls.choices[key])}, got {hp[key]!r}")
+        return hp
+
+    # ----- hooks -----
+    def configure_network(self, net: torch.nn.Module) -> torch.nn.Module:
+        return net
+
+    def optimizer_spec(self, spec: OptimizerSpec) -> OptimizerSpec:
+        return spec
+
+    def build_optimizer(self, params: list[torch.Tensor], spec: OptimizerSpec) -> torch.optim.Optimizer:
+        return make_optimizer(params, spec)
+
+    def on_task_start(self, task_index: int) -> None:
+        pass
+
+    def loss_term(self, out: torch.Tensor, features: list[torch.Tensor]) -> torch.Tensor | None:
+        return None
+
+    def after_step(self, info: StepInfo) -> None:
+        pass
+
+    # ----- checkpointing of the method's own state -----
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        pass
+
+
+def with_weight_decay(spec: OptimizerSpec, weight_decay: float) -> OptimizerSpec:
+    """The protocol's optimizer with PyTorch's coupled L2 ``weight_decay`` set."""
+    return replace(spec, weight_decay=weight_decay)

@@ -1,0 +1,107 @@
+"""From names on the command line to finished run directories."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+from .engine import Engine, Progress
+from .registry import METHODS, TASKS
+from .results import environment, read_yaml, run_config, run_dir, write_yaml
+
+
+class UsageError(ValueError):
+    """Bad command-line input: the CLI prints the message and exits with status 2."""
+
+
+def parse_seeds(text: str | None, default_count: int) -> list[int]:
+    """``"0-9"``, ``"0,3,5"``, ``"2"`` or ``"0-3,8"`` -> sorted distinct seeds; None -> range(default)."""
+    if text is None:
+        return list(range(default_count))
+    seeds: set[int] = set()
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.strip().partition("-")
+            a, b = int(lo), int(hi) if hi else int(lo)
+            if a < 0 or b < a:
+                raise ValueError
+            seeds.update(range(a, b + 1))
+    except ValueError:
+        raise UsageError(f"--seeds {text!r} is not a list of seeds; write e.g. 0-9, 2 or 0,3,5") from None
+    return sorted(seeds)
+
+
+def parse_overrides(items: Sequence[str], methods: Sequence[str]) -> dict[str, dict[str, str]]:
+    """``KEY=VALUE`` (every method that has KEY) or ``METHOD.KEY=VALUE`` -> per-method overrides."""
+    out: dict[str, dict[str, str]] = {m: {} for m in methods}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise UsageError(f"--set {item!r}: write KEY=VALUE or METHOD.KEY=VALUE")
+        target, dot, name = key.rpartition(".")
+        if dot:
+            if target not in out:
+                raise UsageError(f"--set {item!r}: method {target!r} is not among --method {','.join(methods)}")
+            out[target][name] = value
+            continue
+        takers = [m for m in methods if key in METHODS.get(m).hparameter_names()]
+        if not takers:
+            raise UsageError(f"--set {item!r}: none of {', '.join(methods)} has a hyperparameter {key!r}; "
+                             "`plastibench show method NAME` lists them")
+        for m in takers:
+            out[m][key] = value
+    return out
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is visible to PyTorch; use --device cpu or auto")
+    if name not in ("cpu", "cuda"):
+        raise UsageError(f"--device {name!r}: choose auto, cpu or cuda")
+    return torch.device(name)
+
+
+@dataclass
+class Plan:
+    """One configuration to run: its config, directory and whether it is already finished."""
+
+    method: str
+    hparams: dict[str, Any]
+    config: dict[str, Any]
+    directory: Path
+
+    @property
+    def done(self) -> bool:
+        return (self.directory / "summary.yaml").exists()
+
+
+def plan(method: str, task: str, protocol: str, seeds: str | None, overrides: Mapping[str, str],
+         out: Path) -> Plan:
+    method_cls, task_cls = METHODS.get(method), TASKS.get(task)
+    proto = task_cls.protocol(protocol)
+    try:
+        hparams = method_cls.hparams_for(task, overrides)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    config = run_config(method, hparams, proto, parse_seeds(seeds, proto.default_seeds))
+    return Plan(method, hparams, config, run_dir(out, config))
+
+
+def execute(p: Plan, *, device: torch.device, data_dir=None, verify: bool = True, checkpoint_every: float = 120.0,
+            on_progress: Callable[[Progress], None] = lambda _: None) -> dict[str, Any]:
+    """Run (or resume) one plan and return its summary; a finished plan is read, not recomputed."""
+    if p.done:
+        return read_yaml(p.directory / "summary.yaml")
+    task_cls = TASKS.get(p.config["task"])
+    engine = Engine(METHODS.get(p.method), p.hparams, task_cls, task_cls.protocol(p.config["protocol"]),
+                    p.config["seeds"], device=device, directory=p.directory, config=p.config,
+                    data_dir=data_dir, verify=verify, checkpoint_every=checkpoint_every)
+    if not engine.resume():
+        write_yaml(p.directory / "config.yaml", p.config)
+    write_yaml(p.directory / "environment.yaml", environment(device, engine.task.data_record()))
+    return engine.run(on_progress)

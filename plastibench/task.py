@@ -1,0 +1,87 @@
+"""The task API: a stream of tasks that feeds S seeds at once, with its protocols.
+
+A task builds the seed-batched network, yields batches ``x[S, B, ...], y[S, B, ...]`` that live on
+the device (gathered by per-seed index tensors), computes a per-seed loss ``[S]``, accumulates its
+per-task metric on the device, and gives a probe batch for diagnostics at each task boundary.
+Every random draw goes through :mod:`plastibench.rng`, keyed by seed, so seed k never depends on
+the seeds beside it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Mapping
+
+import torch
+
+from .protocol import Protocol
+from .registry import UnknownName
+
+
+class Task:
+    """Base class. The per-task metric is the mean over the task's steps of ``step_metric``."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    protocols: ClassVar[dict[str, Protocol]] = {}
+
+    def __init__(self, protocol: Protocol, seeds: torch.Tensor, *, data_dir: str | Path | None = None,
+                 verify: bool = True):
+        self.protocol = protocol
+        self.seeds = seeds
+        self.device = seeds.device
+        self.data_dir = data_dir
+        self.verify = verify
+        self._metric_sum = torch.zeros(seeds.numel(), dtype=torch.float64, device=self.device)
+        self._metric_steps = 0
+
+    @classmethod
+    def protocol(cls, name: str) -> Protocol:
+        if name not in cls.protocols:
+            raise UnknownName(f"protocol of task {cls.name!r}", name, sorted(cls.protocols))
+        return cls.protocols[name]
+
+    # ----- what a task implements -----
+    def network(self) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def start_task(self, task_index: int) -> None:
+        """Set up task ``task_index`` (its permutation, class pair, ...). Must be idempotent: the
+        engine calls it again for the same index after resuming from a checkpoint."""
+
+    def batch(self, task_index: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def step_metric(self, out: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
+        """The per-seed value ``[S]`` of the protocol's metric for this step's prediction."""
+        return loss
+
+    def probe(self, task_index: int) -> torch.Tensor:
+        """A fixed input batch ``[S, P, ...]`` for diagnostics at the start of ``task_index``."""
+        raise NotImplementedError
+
+    def data_record(self) -> dict[str, Any]:
+        """Checksums and verification status of the data used (empty for synthetic tasks)."""
+        return {}
+
+    # ----- bookkeeping shared by all tasks -----
+    def observe(self, out: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> None:
+        self._metric_sum += self.step_metric(out, y, loss).to(torch.float64)
+        self._metric_steps += 1
+
+    def end_task(self, task_index: int) -> torch.Tensor:
+        """The task's metric per seed ``[S]``; resets the accumulator."""
+        value = self._metric_sum / max(1, self._metric_steps)
+        self._metric_sum = torch.zeros_like(self._metric_sum)
+        self._metric_steps = 0
+        return value
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"metric_sum": self._metric_sum.clone(), "metric_steps": self._metric_steps}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._metric_sum = state["metric_sum"].to(self.device)
+        self._metric_steps = state["metric_steps"]
