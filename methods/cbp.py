@@ -110,14 +110,23 @@ class ContinualBackprop(Method):
             }
             for g in self.groups
         ]
+        rate, rule = self.hp["replacement_rate"], self.hp["count_rule"]
+        self.draws = [
+            {
+                "count": rng.Block(self.run.seeds, f"cbp/{g.name}/count", ()),
+                "init": rng.Block(self.run.seeds, f"cbp/{g.name}/init", (max_replacements(rate, g.n_units, rule),
+                                  g.fan_in), low=-1.0, high=1.0),
+            }
+            for g in self.groups
+        ]
         return net
 
     @torch.no_grad()
     def after_step(self, info: StepInfo) -> None:
         if self.hp["replacement_rate"] == 0:
             return
-        for group, h, state in zip(self.groups, info.features, self.state):
-            self._generate_and_test(group, _unit_view(h), state, info.step)
+        for group, h, state, draws in zip(self.groups, info.features, self.state, self.draws):
+            self._generate_and_test(group, _unit_view(h), state, draws, info.step)
 
     def _utility(self, group: UnitGroup, h: torch.Tensor, state: dict) -> torch.Tensor:
         eta = self.hp["decay_rate"]
@@ -134,12 +143,11 @@ class ContinualBackprop(Method):
         state["util"].mul_(eta).add_((1 - eta) * y)
         return state["util"] / correction.float(), mean_act
 
-    def _count(self, group: UnitGroup, n_eligible: torch.Tensor, state: dict, step: int) -> torch.Tensor:
+    def _count(self, group: UnitGroup, n_eligible: torch.Tensor, state: dict, draw: torch.Tensor) -> torch.Tensor:
         rate, rule = self.hp["replacement_rate"], self.hp["count_rule"]
         if rule == "bernoulli":
             expected = rate * n_eligible.double()
-            draw = rng.uniform(self.run.seeds, step, f"cbp/{group.name}/count", ()).double()
-            coin = ((draw <= expected) & (n_eligible > 0)).double()
+            coin = ((draw.double() <= expected) & (n_eligible > 0)).double()
             return torch.where(expected < 1, coin, torch.floor(expected)).long()
         add = rate * (n_eligible.double() if rule == "accumulate" else (n_eligible > 0).double() * group.n_units)
         state["pending"] += add
@@ -147,12 +155,12 @@ class ContinualBackprop(Method):
         state["pending"] -= k
         return k.long()
 
-    def _generate_and_test(self, group: UnitGroup, h: torch.Tensor, state: dict, step: int) -> None:
+    def _generate_and_test(self, group: UnitGroup, h: torch.Tensor, state: dict, draws: dict, step: int) -> None:
         state["age"] += 1
         util, mean_act = self._utility(group, h, state)
         eligible = state["age"] > self.hp["maturity_threshold"]
         n_eligible = eligible.sum(1)
-        k = torch.minimum(self._count(group, n_eligible, state, step), n_eligible)
+        k = torch.minimum(self._count(group, n_eligible, state, draws["count"].at(step)), n_eligible)
 
         K = max_replacements(self.hp["replacement_rate"], group.n_units, self.hp["count_rule"])
         key = torch.where(eligible, util, torch.full_like(util, math.inf))
@@ -164,7 +172,7 @@ class ContinualBackprop(Method):
             moved = (w_out * (mean_act.gather(1, idx) * valid).unsqueeze(-1)).sum(1)
             group.outgoing_bias.add_(moved)
         bound = init_bound(self.hp["init"], group.fan_in, group.fan_out, group.activation)
-        fresh = rng.uniform(self.run.seeds, step, f"cbp/{group.name}/init", (K, group.fan_in), -bound, bound)
+        fresh = bound * draws["init"].at(step)
         group.reinitialise(idx, valid, fresh)
         if self.hp["reset_optimizer_state"]:
             group.reset_optimizer_state(self.run.optimizer, idx, valid)

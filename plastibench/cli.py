@@ -122,6 +122,41 @@ def _print_table(summaries) -> None:
     Console().print(table)
 
 
+@app.command()
+def bench(
+    method: Annotated[str, typer.Option("--method", "-m", help="Method to time.")] = "cbp",
+    task: Annotated[str, typer.Option("--task", "-t", help="Task whose network and data are used.")] = "scr",
+    protocol: Annotated[str, typer.Option("--protocol", "-p", help="Protocol (sets net, batch, optimizer).")] = "paper",
+    seeds: Annotated[str, typer.Option(help="Seed counts S to time, comma-separated.")] = "1,10,100",
+    steps: Annotated[int, typer.Option(help="Timed steps per S.", min=1)] = 2000,
+    warmup: Annotated[int, typer.Option(help="Untimed steps first.", min=0)] = 200,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    data_dir: Annotated[Optional[Path], typer.Option(help="Dataset root.")] = None,
+    verify: Annotated[bool, typer.Option(help="Check dataset checksums.")] = True,
+):
+    """Measure training throughput (seed-steps/s) for several seed counts S."""
+    from .bench import seed_steps_per_second
+    try:
+        dev = resolve_device(device)
+        counts = [int(c) for c in seeds.split(",")]
+        METHODS.get(method), TASKS.get(task).protocol(protocol)
+    except (UnknownName, UsageError, ValueError) as exc:
+        raise _fail(str(exc.args[0]) if exc.args else str(exc), 2)
+    table = Table(title=f"{method} on {task}/{protocol}, {dev}, {steps} timed steps")
+    for col in ("seeds S", "seed-steps/s", "steps/s", "speed-up vs S=" + str(counts[0])):
+        table.add_column(col, justify="right")
+    base = None
+    for n in counts:
+        try:
+            rate = seed_steps_per_second(method, task, protocol, n, steps=steps, warmup=warmup, device=dev,
+                                         data_dir=data_dir, verify=verify)
+        except DataUnavailable as exc:
+            raise _fail(str(exc), 1)
+        base = base or rate
+        table.add_row(str(n), f"{rate:,.0f}", f"{rate / n:,.1f}", f"{rate / base:.1f}x")
+    Console().print(table)
+
+
 class What(str, Enum):
     methods = "methods"
     tasks = "tasks"

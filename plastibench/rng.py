@@ -31,16 +31,20 @@ def _mix(x: torch.Tensor) -> torch.Tensor:
 
 
 def hash32(seeds: torch.Tensor, step: int | torch.Tensor, purpose: str, shape: tuple[int, ...]) -> torch.Tensor:
-    """32-bit hashes of shape ``[S, *shape]``: one independent stream per seed."""
+    """32-bit hashes of shape ``[S, *shape]``: one independent stream per seed.
+
+    ``step`` may also be a 1-D tensor of T steps; the result is then ``[S, T, *shape]``, equal to
+    stacking the per-step results (this is how :class:`Block` draws many steps at once).
+    """
     n = math.prod(shape)
     device = seeds.device
     index = torch.arange(n, device=device, dtype=torch.int64)
     step_t = torch.as_tensor(step, device=device, dtype=torch.int64)
-    key = _mix(seeds.to(torch.int64).view(-1, 1) ^ purpose_id(purpose))
+    key = _mix(seeds.to(torch.int64).view(-1, *([1] * step_t.dim())) ^ purpose_id(purpose))
     key = _mix(key ^ (step_t & _MASK))
     key = _mix(key ^ ((step_t >> 32) & _MASK) * 0x9E3779B9)
-    h = _mix(key ^ _mix(index + 0x632BE5AB))
-    return h.view(seeds.numel(), *shape)
+    h = _mix(key.unsqueeze(-1) ^ _mix(index + 0x632BE5AB))
+    return h.view(seeds.numel(), *step_t.shape, *shape)
 
 
 def uniform(seeds: torch.Tensor, step: int | torch.Tensor, purpose: str, shape: tuple[int, ...],
@@ -74,3 +78,26 @@ def permutation(seeds: torch.Tensor, step: int | torch.Tensor, purpose: str, n: 
 def bits(seeds: torch.Tensor, step: int | torch.Tensor, purpose: str, shape: tuple[int, ...]) -> torch.Tensor:
     """Fair random bits as float32 0/1, shape ``[S, *shape]``."""
     return ((hash32(seeds, step, purpose, shape) >> 31) & 1).to(torch.float32)
+
+
+class Block:
+    """Draws of one purpose for a run of consecutive steps at once, served one step at a time.
+
+    ``Block(seeds, "cbp/layer0/init", (K, fan_in), uniform)`` then ``block.at(step)`` gives exactly
+    ``uniform(seeds, step, purpose, shape)``, but one batched hash per ``length`` steps replaces
+    dozens of small kernels per step. Any step may be asked for; a miss refills the block.
+    """
+
+    def __init__(self, seeds: torch.Tensor, purpose: str, shape: tuple[int, ...], draw=None,
+                 length: int = 512, **kwargs):
+        self.seeds, self.purpose, self.shape, self.kwargs = seeds, purpose, shape, kwargs
+        self.draw = draw or uniform
+        self.length = max(1, min(length, (1 << 22) // max(1, seeds.numel() * math.prod(shape))))
+        self.start, self.values = None, None
+
+    def at(self, step: int) -> torch.Tensor:
+        if self.start is None or not self.start <= step < self.start + self.length:
+            self.start = step
+            steps = torch.arange(step, step + self.length, device=self.seeds.device)
+            self.values = self.draw(self.seeds, steps, self.purpose, self.shape, **self.kwargs)
+        return self.values[:, step - self.start]
