@@ -136,18 +136,9 @@ def _find(root: Path, name: str) -> Path | None:
     return None
 
 
-def _verify(path: Path, name: str, content: bytes) -> str:
-    """Check ``content`` against the official SHA-256, using/refreshing a sidecar cache."""
+def _verify(path: Path, name: str, actual: str) -> None:
+    """Refuse content whose SHA-256 is not the official one."""
     expected = SHA256[name]
-    stat = path.stat()
-    stamp = path.with_name(path.name + ".sha256ok")
-    record = f"{expected} {stat.st_size} {stat.st_mtime_ns}"
-    try:
-        if stamp.read_text().strip() == record:
-            return expected
-    except OSError:
-        pass
-    actual = hashlib.sha256(content).hexdigest()
     if actual != expected:
         raise DataUnavailable(
             f"MNIST file {path} does not contain the official data: its decompressed content "
@@ -155,11 +146,6 @@ def _verify(path: Path, name: str, content: bytes) -> str:
             "the official file (plain or .gz), or delete it so that it is downloaded again. "
             "To use it anyway, pass --no-verify; results are then marked unverified."
         )
-    try:
-        stamp.write_text(record + "\n")
-    except OSError:  # read-only data directory: just re-hash next time
-        pass
-    return actual
 
 
 def _missing_message(
@@ -207,8 +193,8 @@ def load_mnist(
 
     Each official file may be present plain or as ``.gz``. Missing files are downloaded
     (decompressed, under the official name) when ``download`` is true. With ``verify``
-    the decompressed content must match the official SHA-256 (result cached in a
-    ``<file>.sha256ok`` sidecar keyed on size and mtime). Raises ``DataUnavailable``
+    the decompressed content must match the official SHA-256; either way the SHA-256 of what
+    was loaded is returned, for the run's record. Raises ``DataUnavailable``
     with a user-facing message when files are missing, corrupt or not official.
     """
     if split not in SPLITS:
@@ -233,8 +219,9 @@ def load_mnist(
     try:
         for name, path in paths.items():
             content = _read_content(path)
+            digests[name] = hashlib.sha256(content).hexdigest()
             if verify:
-                digests[name] = _verify(path, name, content)
+                _verify(path, name, digests[name])
             arrays.append(_parse_idx(content, path))
         _check_split(*arrays, found)
     except ValueError as exc:
