@@ -199,15 +199,14 @@ def show_method(name: str):
     console = Console()
     console.print(f"[bold]{name}[/]: {cls.summary}\n[italic]{cls.paper}[/]\n")
     console.print(inspect.getdoc(inspect.getmodule(cls)) or "", highlight=False, markup=False)
-    table = Table(title="default hyperparameters")
-    table.add_column("task")
-    keys = sorted(cls.hparameter_names())
-    for key in keys:
-        table.add_column(key)
-    for task in ["(any)"] + TASKS.names():
-        hp = cls.hparams_for(task)
-        table.add_row(task, *(str(hp.get(k, "")) for k in keys))
-    if keys:
+    tasks = ["(any)"] + TASKS.names()
+    table = Table(title="default hyperparameters per task")
+    for col in ["hyperparameter"] + tasks:
+        table.add_column(col)
+    values = {task: cls.hparams_for(task) for task in tasks}
+    for key in sorted(cls.hparameter_names()):
+        table.add_row(key, *(str(values[task].get(key, "")) for task in tasks))
+    if cls.hparameter_names():
         console.print(table)
 
 

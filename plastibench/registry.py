@@ -20,10 +20,10 @@ T = TypeVar("T")
 class UnknownName(LookupError):
     """A name that no registered method or task has; the message suggests close names."""
 
-    def __init__(self, kind: str, name: str, known: list[str]):
+    def __init__(self, kind: str, name: str, known: list[str], where: str = ""):
         close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        super().__init__(f"unknown {kind} {name!r}.{hint} Registered {kind}s: {', '.join(known)}.")
+        super().__init__(f"unknown {kind} {name!r}{where}.{hint} Known {kind}s{where}: {', '.join(known)}.")
 
 
 class Registry(Generic[T]):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
 import platform
@@ -112,18 +113,13 @@ def environment(device: torch.device, data: Mapping[str, Any]) -> dict[str, Any]
 
 def write_metrics(path: Path, seeds: Sequence[int], records: Sequence[Mapping[str, np.ndarray]]) -> None:
     """``records[t][name]`` is the per-seed array of metric ``name`` for task ``t``."""
-    def write(f):
-        import io
-        text = io.TextIOWrapper(f, newline="", encoding="utf-8")
-        w = csv.writer(text)
-        w.writerow(["seed", "task_index", "metric", "value"])
-        for t, record in enumerate(records):
-            for name, values in record.items():
-                for seed, v in zip(seeds, values):
-                    w.writerow([seed, t, name, repr(float(v))])
-        text.flush()
-        text.detach()
-    _atomic_write(path, write)
+    text = io.StringIO()
+    w = csv.writer(text, lineterminator="\n")
+    w.writerow(["seed", "task_index", "metric", "value"])
+    for t, record in enumerate(records):
+        for name, values in record.items():
+            w.writerows([seed, t, name, repr(float(v))] for seed, v in zip(seeds, values))
+    _atomic_write(path, lambda f: f.write(text.getvalue().encode()))
 
 
 def read_metrics(path: Path) -> dict[str, dict[int, list[float]]]:

@@ -38,7 +38,7 @@ class Task:
     @classmethod
     def protocol(cls, name: str) -> Protocol:
         if name not in cls.protocols:
-            raise UnknownName(f"protocol of task {cls.name!r}", name, sorted(cls.protocols))
+            raise UnknownName("protocol", name, sorted(cls.protocols), where=f" for task {cls.name!r}")
         return cls.protocols[name]
 
     # ----- what a task implements -----
