@@ -21,8 +21,11 @@ rate, all per seed):
     the k units of E with the smallest û (ties: lowest index) get
     W_in[j] ~ U(±b_l), bias_j = 0, W_out[:, j] = 0, u_j = a_j = 0, age_j = 0.
 
+As in GnT, every layer is first tested (ages, utilities, counts and choices, all on the
+post-step weights) and only then are the chosen units of every layer replaced, layer by layer.
+
 b_l by ``init``: "kaiming" gain·√(3/fan_in) (GnT's default), "default" √(1/fan_in), "lecun"
-√(3/fan_in), "xavier" gain·√(6/(fan_in+fan_out)). Feature magnitudes use the paper's
+√(3/fan_in), "xavier" gain·√(6/(fan_in+n_l)). Feature magnitudes use the paper's
 mean over the batch (and over space for conv features); the paper's Eq. 1 sums |W_out| where the
 code averages it, which ranks units identically within a layer.
 
@@ -125,8 +128,10 @@ class ContinualBackprop(Method):
     def after_step(self, info: StepInfo) -> None:
         if self.hp["replacement_rate"] == 0:
             return
-        for group, h, state, draws in zip(self.groups, info.features, self.state, self.draws):
-            self._generate_and_test(group, _unit_view(h), state, draws, info.step)
+        chosen = [self._test(group, _unit_view(h), state, draws, info.step)
+                  for group, h, state, draws in zip(self.groups, info.features, self.state, self.draws)]
+        for group, state, draws, (idx, valid, mean_act) in zip(self.groups, self.state, self.draws, chosen):
+            self._generate(group, state, draws, info.step, idx, valid, mean_act)
 
     def _utility(self, group: UnitGroup, h: torch.Tensor, state: dict) -> torch.Tensor:
         eta = self.hp["decay_rate"]
@@ -155,29 +160,30 @@ class ContinualBackprop(Method):
         state["pending"] -= k
         return k.long()
 
-    def _generate_and_test(self, group: UnitGroup, h: torch.Tensor, state: dict, draws: dict, step: int) -> None:
+    def _test(self, group: UnitGroup, h: torch.Tensor, state: dict, draws: dict, step: int):
+        """Age, update utilities and choose ``idx[S, K]`` (used where ``valid[S, K]``) to replace."""
         state["age"] += 1
         util, mean_act = self._utility(group, h, state)
         eligible = state["age"] > self.hp["maturity_threshold"]
         n_eligible = eligible.sum(1)
         k = torch.minimum(self._count(group, n_eligible, state, draws["count"].at(step)), n_eligible)
-
         K = max_replacements(self.hp["replacement_rate"], group.n_units, self.hp["count_rule"])
         key = torch.where(eligible, util, torch.full_like(util, math.inf))
         idx = torch.sort(key, dim=1, stable=True).indices[:, :K]
         valid = torch.arange(K, device=idx.device) < k.unsqueeze(1)
+        return idx, valid, mean_act
 
+    def _generate(self, group: UnitGroup, state: dict, draws: dict, step: int, idx: torch.Tensor,
+                  valid: torch.Tensor, mean_act: torch.Tensor) -> None:
+        """Re-initialise the chosen units and reset their utility, mean activation and age."""
         if self.hp["next_bias_correction"]:
             w_out = group.outgoing_weight.gather(idx)
-            moved = (w_out * (mean_act.gather(1, idx) * valid).unsqueeze(-1)).sum(1)
-            group.outgoing_bias.add_(moved)
-        bound = init_bound(self.hp["init"], group.fan_in, group.fan_out, group.activation)
-        fresh = bound * draws["init"].at(step)
-        group.reinitialise(idx, valid, fresh)
+            group.outgoing_bias.add_((w_out * (mean_act.gather(1, idx) * valid).unsqueeze(-1)).sum(1))
+        bound = init_bound(self.hp["init"], group.fan_in, group.n_units, group.activation)
+        group.reinitialise(idx, valid, bound * draws["init"].at(step))
         if self.hp["reset_optimizer_state"]:
             group.reset_optimizer_state(self.run.optimizer, idx, valid)
-
-        replaced = torch.zeros_like(eligible).scatter_(1, idx, valid)
+        replaced = torch.zeros_like(state["age"], dtype=torch.bool).scatter_(1, idx, valid)
         for name in ("util", "mean_act", "age"):
             state[name].masked_fill_(replaced, 0)
 

@@ -112,7 +112,6 @@ class BatchedMLP(nn.Module):
                 name=f"layer{i}",
                 n_units=cur.out_features,
                 fan_in=cur.in_features,
-                fan_out=nxt.out_features,
                 activation=self.activation_name,
                 incoming_weight=UnitParam(cur.weight, dim=1),
                 incoming_bias=UnitParam(cur.bias, dim=1),

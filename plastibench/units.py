@@ -68,7 +68,6 @@ class UnitGroup:
     name: str
     n_units: int
     fan_in: int
-    fan_out: int
     activation: str
     incoming_weight: UnitParam
     incoming_bias: UnitParam

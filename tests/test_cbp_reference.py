@@ -465,7 +465,7 @@ def test_bernoulli_count_frequency():
 def test_seed_independence():
     """Seeds are independent networks (the reference runs one seed per process): seed 2 run beside
     seeds 0 and 1 makes the same CBP decisions and ends with the same weights and state as alone."""
-    hp = dict(replacement_rate=0.3, maturity_threshold=3, decay_rate=0.9,
+    hp = dict(replacement_rate=0.1, maturity_threshold=3, decay_rate=0.9,  # rate·|E| < 1: a coin per step
               utility="zero_contribution", count_rule="bernoulli")
     batched, alone = Run([0, 1, 2], **hp), Run([2], **hp)
     log_b, log_a = drive(batched, 30), drive(alone, 30)
