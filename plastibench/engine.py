@@ -8,12 +8,15 @@ counters live on the host, metrics accumulate on the device.
 
 At every task boundary the engine measures diagnostics on the task's probe batch. It checkpoints
 whenever ``checkpoint_every`` seconds have passed (checked at task boundaries and every
-``CHECK_EVERY`` steps), on interruption, and at the end; a new engine on the same run directory
+``CHECK_EVERY`` steps), at the end, and on Ctrl-C, which is deferred to the end of the step in
+flight so that the checkpoint never holds a half-done step; a new engine on the same run directory
 resumes from the checkpoint and ends bit-for-bit where an uninterrupted run would (on CPU).
 """
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,6 +142,9 @@ class Engine:
                 self.checkpoint()
                 last_save = time.monotonic()
 
+        interrupted = []
+        in_main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True)) if in_main else None
         try:
             report()
             while self.task_index < p.n_tasks:
@@ -150,6 +156,8 @@ class Engine:
                 while self.step_in_task < p.steps_per_task:
                     self._step(t, self.step_in_task)
                     self.step_in_task += 1
+                    if interrupted:
+                        raise KeyboardInterrupt
                     if self.step_in_task % CHECK_EVERY == 0:
                         report()
                         maybe_checkpoint()
@@ -162,6 +170,9 @@ class Engine:
             self.wall_time = time.monotonic() - started
             self.checkpoint()
             raise
+        finally:
+            if in_main:
+                signal.signal(signal.SIGINT, previous)
         self.wall_time = time.monotonic() - started
         self.checkpoint()
         final = _numpy(diagnostics.measure(self.net, self.task.probe(p.n_tasks - 1)))

@@ -59,17 +59,25 @@ class HyperparameterError(ValueError):
 
 
 def _coerce(name: str, value: Any, default: Any) -> Any:
-    if isinstance(value, str):
-        value = yaml.safe_load(value)
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise HyperparameterError(f"{name} must be true or false, got {value!r}")
-        return value
-    if isinstance(default, (int, float)) and not isinstance(value, bool) and isinstance(value, (int, float)):
-        return type(default)(value) if isinstance(default, float) or float(value).is_integer() else value
-    if isinstance(default, str) and isinstance(value, str):
-        return value
-    raise HyperparameterError(f"{name} must be a {type(default).__name__}, got {value!r}")
+    """``value`` (a string from the command line, or a Python value) as the type of ``default``."""
+    text = str(value).strip()
+    try:
+        if isinstance(default, bool):
+            parsed = yaml.safe_load(text) if isinstance(value, str) else value
+            if isinstance(parsed, bool):
+                return parsed
+        elif isinstance(default, int):
+            number = float(text)
+            if number.is_integer():
+                return int(number)
+        elif isinstance(default, float):
+            return float(text)
+        elif isinstance(default, str):
+            return text
+    except ValueError:
+        pass
+    kind = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[type(default)]
+    raise HyperparameterError(f"{name} must be {kind}, got {value!r}")
 
 
 class Method:
