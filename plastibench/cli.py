@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from enum import Enum
@@ -188,17 +189,25 @@ def list_(what: Annotated[What, typer.Argument(help="methods, tasks or protocols
     Console().print(table)
 
 
+def _lookup(registry, name: str):
+    try:
+        return registry.get(name)
+    except UnknownName as exc:
+        raise _fail(str(exc.args[0]), 2)
+
+
+def _module_doc(cls) -> str:
+    """The docstring of the file that defines ``cls``: where each method states its rule."""
+    return inspect.getdoc(inspect.getmodule(cls)) or cls.summary
+
+
 @show_app.command("method")
 def show_method(name: str):
     """A method's update rule, paper and default hyperparameters for every task."""
-    try:
-        cls = METHODS.get(name)
-    except UnknownName as exc:
-        raise _fail(str(exc.args[0]), 2)
-    import inspect
+    cls = _lookup(METHODS, name)
     console = Console()
     console.print(f"[bold]{name}[/]: {cls.summary}\n[italic]{cls.paper}[/]\n")
-    console.print(inspect.getdoc(inspect.getmodule(cls)) or "", highlight=False, markup=False)
+    console.print(_module_doc(cls), highlight=False, markup=False)
     tasks = ["(any)"] + TASKS.names()
     table = Table(title="default hyperparameters per task")
     for col in ["hyperparameter"] + tasks:
@@ -213,13 +222,9 @@ def show_method(name: str):
 @show_app.command("task")
 def show_task(name: str):
     """A task's description and its protocols with their hashes."""
-    try:
-        cls = TASKS.get(name)
-    except UnknownName as exc:
-        raise _fail(str(exc.args[0]), 2)
-    import inspect
+    cls = _lookup(TASKS, name)
     console = Console()
-    console.print(inspect.getdoc(inspect.getmodule(cls)) or cls.summary, highlight=False, markup=False)
+    console.print(_module_doc(cls), highlight=False, markup=False)
     for p in cls.protocols.values():
         console.print(f"\n[bold]{p.name}[/] ({p.hash}): {p.description}")
         console.print(json.dumps(p.to_dict(), indent=2), highlight=False, markup=False)
