@@ -29,8 +29,13 @@ class ShrinkAndPerturb(Method):
     def optimizer_spec(self, spec):
         return with_weight_decay(spec, self.hp["weight_decay"])
 
+    def configure_network(self, net):
+        self.noise = [(p, rng.Block(self.run.seeds, f"snp/{name}", tuple(p.shape[1:]), rng.normal,
+                                    std=self.hp["perturb_scale"]))
+                      for name, p in net.named_parameters()]
+        return net
+
     @torch.no_grad()
     def after_step(self, info):
-        for name, p in self.run.net.named_parameters():
-            p.add_(rng.normal(self.run.seeds, info.step, f"snp/{name}", tuple(p.shape[1:]),
-                              std=self.hp["perturb_scale"]))
+        for p, noise in self.noise:
+            p.add_(noise.at(info.step))

@@ -86,6 +86,7 @@ class Block:
     ``Block(seeds, "cbp/layer0/init", (K, fan_in), uniform)`` then ``block.at(step)`` gives exactly
     ``uniform(seeds, step, purpose, shape)``, but one batched hash per ``length`` steps replaces
     dozens of small kernels per step. Any step may be asked for; a miss refills the block.
+    ``draw`` is an element-wise draw (``uniform``, ``normal``, ``bits``), not ``permutation``.
     """
 
     def __init__(self, seeds: torch.Tensor, purpose: str, shape: tuple[int, ...], draw=None,

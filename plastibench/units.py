@@ -37,10 +37,10 @@ class UnitParam:
 
     def _index(self, idx: torch.Tensor, moved: torch.Tensor) -> torch.Tensor:
         s, k = idx.shape
-        full = idx.unsqueeze(-1) * self.group + torch.arange(self.group, device=idx.device)
-        full = full.reshape(s, k * self.group)
+        if self.group > 1:
+            idx = (idx.unsqueeze(-1) * self.group + torch.arange(self.group, device=idx.device)).reshape(s, -1)
         rest = moved.shape[2:]
-        return full.view(s, k * self.group, *([1] * len(rest))).expand(s, k * self.group, *rest)
+        return idx.view(*idx.shape, *([1] * len(rest))).expand(*idx.shape, *rest)
 
     def gather(self, idx: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
         """The slices of units ``idx[S, K]``: ``[S, K*group, *rest]``."""
@@ -48,15 +48,18 @@ class UnitParam:
         return moved.gather(1, self._index(idx, moved))
 
     @torch.no_grad()
-    def assign(self, idx: torch.Tensor, valid: torch.Tensor, values, t: torch.Tensor | None = None) -> None:
-        """Set the slices of units ``idx[S, K]`` to ``values`` where ``valid[S, K]``; others keep theirs."""
+    def assign(self, idx: torch.Tensor, valid: torch.Tensor, values: torch.Tensor | float,
+               t: torch.Tensor | None = None) -> None:
+        """Set the slices of units ``idx[S, K]`` to ``values`` where ``valid[S, K]``; others keep theirs.
+
+        ``values`` is a number or a tensor with the slices' number of elements.
+        """
         moved = self._moved(t)
         index = self._index(idx, moved)
         current = moved.gather(1, index)
-        mask = valid.repeat_interleave(self.group, dim=1)
+        mask = valid.repeat_interleave(self.group, dim=1) if self.group > 1 else valid
         mask = mask.view(*mask.shape, *([1] * (current.dim() - 2)))
-        values = torch.as_tensor(values, dtype=current.dtype, device=current.device)
-        if values.dim() > 0:
+        if torch.is_tensor(values):
             values = values.reshape(current.shape)
         moved.scatter_(1, index, torch.where(mask, values, current))
 
