@@ -1,0 +1,75 @@
+"""The ``plot`` and ``new-method`` commands, as plain typer command functions.
+
+``cli.py`` registers them with ``app.command("plot")(plot_command)`` and
+``app.command("new-method")(new_method_command)``. Usage errors exit with status 2.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from .runner import UsageError
+
+err = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    err.print(f"[bold red]Error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def plot_command(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories (runs/TASK/PROTOCOL/METHOD-HASH), all "
+                                                   "of one task and protocol.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Figure file, e.g. curves.png (.pdf and .svg "
+                                         "work too).", show_default=False)],
+    metric: Annotated[Optional[str], typer.Option(help="A metric of metrics.csv (e.g. dead_fraction/layer0), "
+                                                  "a layer mean (dead_fraction, effective_rank, stable_rank), "
+                                                  "or 'all' for a panel per diagnostic. Default: the "
+                                                  "protocol's primary metric.")] = None,
+):
+    """Plot a metric over the task stream: one line per run, mean over seeds, 95% CI band.
+
+    Tasks are binned as the papers do (scr: 2 change periods; pmnist: 1 task; otherwise about
+    50 bins). The band is the Student-t 95% CI of the per-seed bin means. Unfinished runs are
+    plotted as far as their metrics.csv goes.
+    """
+    from . import plots
+
+    try:
+        runs = plots.load_runs(run_dirs)
+        metrics = plots.resolve_metrics(runs, metric)
+        plots.draw(runs, metrics, output)
+    except UsageError as exc:
+        raise _fail(str(exc))
+    for run in runs:
+        if not run.finished:
+            err.print(f"Note: {run.directory} is unfinished (no summary.yaml); plotted its "
+                      f"{run.tasks_done} of {run.spec['n_tasks']} tasks.", highlight=False)
+    typer.echo(f"wrote {output} ({', '.join(metrics)}; {len(runs)} run{'s' * (len(runs) > 1)})")
+
+
+def new_method_command(
+    name: Annotated[str, typer.Argument(help="Method name: a Python identifier, e.g. my_method.",
+                                        show_default=False)],
+    dir_: Annotated[Path, typer.Option("--dir", help="Folder of the method files.")] = Path("methods"),
+):
+    """Write methods/NAME.py: a working method skeleton to fill in (paper, update rule, defaults).
+
+    The file registers at once and passes the conformance suite as written; replace its TODOs
+    and its example hook by your method, then run its tests.
+    """
+    from .scaffold import write_method
+
+    try:
+        path = write_method(name, dir_)
+    except UsageError as exc:
+        raise _fail(str(exc))
+    typer.echo(f"wrote {path}\nnext: fill in its TODOs, then run\n"
+               f"  python -m pytest tests/test_conformance.py -k {name}\n"
+               f"  plastibench run --method {name} --task scr --protocol smoke\n"
+               "and read CONTRIBUTING.md for the pull request.")

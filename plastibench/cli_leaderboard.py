@@ -1,0 +1,141 @@
+"""``plastibench leaderboard submit|check|render`` and ``plastibench compare``.
+
+``cli.py`` mounts them: ``app.add_typer(leaderboard_app, name="leaderboard")`` and
+``app.command("compare")(compare_command)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from . import compare, leaderboard
+from .leaderboard import DEFAULT_TUNING, LeaderboardError
+from .results import read_yaml
+from .stats import iqm, iqm_ci95
+
+leaderboard_app = typer.Typer(
+    help="Leaderboard entries (raw per-seed values) accepted by pull request: submit a run, render "
+         "README.md, check everything.", no_args_is_help=True)
+
+RootOption = Annotated[Path, typer.Option("--root", help="Leaderboard folder (entries/ and README.md).")]
+IQM_RESAMPLES = 10000
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    """Print one error line on stderr; the caller raises the returned ``typer.Exit``."""
+    typer.echo(f"Error: {message}", err=True)
+    return typer.Exit(code)
+
+
+@leaderboard_app.command()
+def submit(
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A finished run directory (with summary.yaml).")],
+    root: RootOption = Path("leaderboard"),
+    tuning: Annotated[str, typer.Option(help="How the hyperparameters were chosen.")] = DEFAULT_TUNING,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing entry.")] = False,
+):
+    """Write ROOT/entries/TASK/PROTOCOL/METHOD.yaml from a finished run: provenance and raw per-seed values."""
+    try:
+        path = leaderboard.submit(run_dir, root, tuning, force)
+    except LeaderboardError as exc:
+        raise _fail(str(exc))
+    typer.echo(f"wrote {path}")
+    typer.echo(f"next: plastibench leaderboard render --root {root} && plastibench leaderboard check "
+               f"--root {root}", err=True)
+
+
+@leaderboard_app.command()
+def check(
+    root: RootOption = Path("leaderboard"),
+    against: Annotated[Optional[str], typer.Option("--against", metavar="GIT_REF",
+                                                   help="Also fail when raw values of entries at GIT_REF "
+                                                        "changed.")] = None,
+):
+    """Validate every entry against its raw values and the registries, and README.md against a fresh render."""
+    try:
+        n, problems = leaderboard.check(root, against)
+    except LeaderboardError as exc:
+        raise _fail(str(exc))
+    for problem in problems:
+        typer.echo(problem)
+    if problems:
+        raise typer.Exit(1)
+    typer.echo(f"{n} entries OK")
+
+
+@leaderboard_app.command()
+def render(root: RootOption = Path("leaderboard")):
+    """Rewrite the tables of ROOT/README.md (between its marker comments) from the entries' raw values."""
+    try:
+        path, shown, skipped = leaderboard.render(root)
+    except LeaderboardError as exc:
+        raise _fail(str(exc))
+    for problem in skipped:
+        typer.echo(f"skipped {problem}", err=True)
+    typer.echo(f"wrote {path} ({shown} entries)")
+
+
+def _summary(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / "summary.yaml"
+    if not Path(run_dir).is_dir():
+        raise _fail(f"{run_dir}: not a run directory")
+    if not path.exists():
+        raise _fail(f"{run_dir}: no summary.yaml; the run is unfinished")
+    return read_yaml(path)
+
+
+def compare_command(
+    run_dirs: Annotated[list[Path], typer.Argument(metavar="RUN_DIR",
+                                                   help="Finished run directories of one task and protocol.")],
+):
+    """Compare finished runs of one task and protocol with the leaderboard's statistics table.
+
+    Each method is compared to cbp (or, without a cbp run, to the first directory's method).
+    """
+    summaries = [_summary(d) for d in run_dirs]
+    kinds = {(s["task"], s["protocol"], s["protocol_hash"]) for s in summaries}
+    if len(kinds) > 1:
+        runs = "; ".join(f"{d}: {s['task']}/{s['protocol']} ({s['protocol_hash']})"
+                         for d, s in zip(run_dirs, summaries))
+        raise _fail(f"runs of different tasks, protocols or protocol hashes cannot be compared: {runs}")
+    methods = [s["method"] for s in summaries]
+    labels = [m if methods.count(m) == 1 else str(d) for m, d in zip(methods, run_dirs)]
+    baseline = labels[methods.index(leaderboard.BASELINE)] if leaderboard.BASELINE in methods else labels[0]
+    first = summaries[0]
+    results = [compare.result_from_summary(label, s) for label, s in zip(labels, summaries)]
+    try:
+        rows = compare.statistics_table(results, baseline, first["higher_is_better"])
+    except ValueError as exc:
+        raise _fail(f"{exc}; give each run directory once")
+    console = Console()
+    if leaderboard.BASELINE not in methods:
+        console.print(f"No {leaderboard.BASELINE} run among them: comparing against {baseline} (the first "
+                      "directory).", highlight=False)
+    table = Table(title=compare.title(first["task"], first["protocol"], first["protocol_hash"], first["metric"],
+                                      first["higher_is_better"]))
+    for col in compare.header(baseline):
+        table.add_column(Text(col), justify="left" if col == "method" else "right")
+    for row in rows:
+        table.add_row(*(Text(cell) for cell in compare.cells(row, baseline)))
+    console.print(table)
+    console.print("\n".join(compare.notes(baseline)), highlight=False, markup=False)
+    _print_iqm(console, results)
+
+
+def _print_iqm(console: Console, results: list[compare.Result]) -> None:
+    """Secondary view: IQM with a bootstrap CI, for runs of more than 10 seeds only."""
+    lines = []
+    for r in results:
+        values = list(r.per_seed.values())
+        ci = iqm_ci95([values], reps=IQM_RESAMPLES)
+        if ci is not None:
+            lines.append(f"  {r.label}: {compare.interval(iqm(values), ci)}")
+    if lines:
+        console.print(f"IQM (25% trimmed mean) with percentile-bootstrap 95% CI ({IQM_RESAMPLES} resamples, "
+                      "seeded; shown above 10 seeds only):\n" + "\n".join(lines), highlight=False, markup=False)

@@ -1,0 +1,192 @@
+"""Conformance suite: every registered method on every registered task's tiny stream.
+
+For each (method, task): two runs of the same seeds are identical; every metric, summary value and
+parameter is finite; a run interrupted mid-task and resumed ends bit for bit where the
+uninterrupted run does; seed k run alone equals seed k run beside others. Methods come from the
+registry when the suite is collected, so a method file added to ``methods/`` is tested at once:
+
+    python -m pytest tests/test_conformance.py -k NAME
+
+The stream is each task's ``smoke`` protocol cut to 3 tasks of at most 100 steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from plastibench import engine as engine_mod
+from plastibench.engine import Engine
+from plastibench.protocol import Protocol
+from plastibench.registry import METHODS, TASKS
+from plastibench.results import read_yaml, run_config
+
+CPU = torch.device("cpu")
+SEEDS = [0, 1, 2]
+ALONE = 2  # the seed also run on its own
+
+# Tasks whose data comes from a fixture (a data root, used with verify=False).
+DATA_FIXTURES = {"pmnist": "tiny_mnist"}
+
+# Methods whose paper hyperparameters would not act within a few hundred steps: values that make
+# them act, so that their state is exercised (CBP would replace about one unit in a whole run).
+ACTIVE = {"cbp": {"scr": {"replacement_rate": 0.01}, "pmnist": {"replacement_rate": 0.001}}}
+
+
+def tiny_protocol(task: str) -> Protocol:
+    smoke = TASKS.get(task).protocol("smoke")
+    return dataclasses.replace(smoke, n_tasks=min(smoke.n_tasks, 3), steps_per_task=min(smoke.steps_per_task, 100))
+
+
+def train(method: str, task: str, seeds: list[int], directory: Path, data_dir: Path | None,
+          checkpoint_every: float = 120.0, resume: bool = False) -> Engine:
+    """An engine for (method, task) on the tiny stream, run to the end (resumed if asked)."""
+    cls, proto = METHODS.get(method), tiny_protocol(task)
+    hparams = cls.hparams_for(task, ACTIVE.get(method, {}).get(task))
+    engine = Engine(cls, hparams, TASKS.get(task), proto, seeds, device=CPU, directory=directory,
+                    config=run_config(method, hparams, proto, seeds), data_dir=data_dir,
+                    verify=data_dir is None, checkpoint_every=checkpoint_every)
+    if resume:
+        assert engine.resume(), "no checkpoint to resume from"
+    engine.run()
+    return engine
+
+
+def assert_identical(a: Any, b: Any, where: str = "state") -> None:
+    """Nested dicts/lists of tensors, arrays and plain values are exactly equal."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, np.ndarray):
+        np.testing.assert_array_equal(a, b, err_msg=where, strict=True)
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            assert_identical(a[key], b[key], f"{where}/{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_identical(x, y, f"{where}/{i}")
+    else:
+        assert a == b, where
+
+
+def assert_same_run(a: Engine, b: Engine) -> None:
+    """Same records, net, optimizer, method and task state, metrics.csv and summary."""
+    sa, sb = a.state_dict(), b.state_dict()
+    for state in (sa, sb):
+        state.pop("wall_time")
+    assert_identical(sa, sb)
+    assert (a.directory / "metrics.csv").read_text() == (b.directory / "metrics.csv").read_text()
+    ya, yb = read_yaml(a.directory / "summary.yaml"), read_yaml(b.directory / "summary.yaml")
+    ya.pop("wall_time_s"), yb.pop("wall_time_s")
+    assert ya == yb
+
+
+# ----- the checks, as plain functions (tests/test_scaffold.py runs them on a new method too) -----
+
+def check_finite(reference: Engine) -> None:
+    assert len(reference.records) == reference.protocol.n_tasks
+    for t, record in enumerate(reference.records):
+        for name, values in record.items():
+            assert np.isfinite(values).all(), f"task {t}: {name} = {values}"
+    for name, p in reference.net.state_dict().items():
+        assert torch.isfinite(p).all(), name
+    summary = read_yaml(reference.directory / "summary.yaml")
+    assert np.isfinite(list(summary["per_seed"].values())).all() and np.isfinite(summary["ci95"]).all()
+    for name, d in summary["final_diagnostics"].items():
+        assert np.isfinite(list(d["per_seed"].values())).all(), name
+
+
+def check_deterministic(reference: Engine, method: str, task: str, data_dir: Path | None, root: Path) -> None:
+    assert_same_run(reference, train(method, task, SEEDS, root / "again", data_dir))
+
+
+def check_resume(reference: Engine, method: str, task: str, data_dir: Path | None, root: Path,
+                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Interrupt between two steps in the middle of task 1 (periodic checkpoints every 7 steps
+    before), resume from the checkpoint and end bit for bit where the uninterrupted run ends."""
+    proto = tiny_protocol(task)
+    stop = proto.steps_per_task + proto.steps_per_task // 2 + 1
+    monkeypatch.setattr(engine_mod, "CHECK_EVERY", 7)
+    original, count = Engine._step, {"steps": 0, "interrupts": 0}
+
+    def step(self, task_index, step_in_task):
+        if task_index * proto.steps_per_task + step_in_task == stop and not count["interrupts"]:
+            count["interrupts"] += 1
+            raise KeyboardInterrupt
+        count["steps"] += 1
+        return original(self, task_index, step_in_task)
+
+    monkeypatch.setattr(Engine, "_step", step)
+    with pytest.raises(KeyboardInterrupt):
+        train(method, task, SEEDS, root / "resumed", data_dir, checkpoint_every=0)
+    assert count["steps"] == stop and not (root / "resumed" / "summary.yaml").exists()
+    count["steps"] = 0
+    resumed = train(method, task, SEEDS, root / "resumed", data_dir, checkpoint_every=0, resume=True)
+    assert count["steps"] == proto.total_steps - stop, "the run restarted instead of resuming"
+    assert_same_run(reference, resumed)
+
+
+def check_seed_alone(reference: Engine, method: str, task: str, data_dir: Path | None, root: Path) -> None:
+    alone = train(method, task, [ALONE], root / "alone", data_dir)
+    i = SEEDS.index(ALONE)
+    for t, (together, single) in enumerate(zip(reference.records, alone.records, strict=True)):
+        assert together.keys() == single.keys()
+        for name in together:
+            np.testing.assert_allclose(together[name][i], single[name][0], rtol=1e-5, atol=1e-6,
+                                       err_msg=f"task {t}: {name}")
+    for name, p in reference.net.state_dict().items():
+        np.testing.assert_allclose(p[i].numpy(), alone.net.state_dict()[name][0].numpy(), rtol=1e-4, atol=1e-5,
+                                   err_msg=name)
+    metric = reference.protocol.metric
+    assert any(r[metric][0] != r[metric][i] for r in reference.records), "seeds should differ"
+
+
+# ----- the suite, over the registries -----
+
+CASES = [pytest.param(m, t, id=f"{m}-{t}") for m in METHODS.names() for t in TASKS.names()]
+
+
+def data_for(request: pytest.FixtureRequest, task: str) -> Path | None:
+    return request.getfixturevalue(DATA_FIXTURES[task]) if task in DATA_FIXTURES else None
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted run of (method, task) on SEEDS, computed once per module."""
+    cache: dict[tuple[str, str], Engine] = {}
+
+    def get(method: str, task: str, data_dir: Path | None) -> Engine:
+        if (method, task) not in cache:
+            cache[method, task] = train(method, task, SEEDS, tmp_path_factory.mktemp(f"{method}-{task}"), data_dir)
+        return cache[method, task]
+
+    return get
+
+
+@pytest.mark.parametrize("method, task", CASES)
+def test_metrics_and_parameters_are_finite(request, reference, method, task):
+    check_finite(reference(method, task, data_for(request, task)))
+
+
+@pytest.mark.parametrize("method, task", CASES)
+def test_same_seeds_give_identical_runs(request, reference, tmp_path, method, task):
+    data_dir = data_for(request, task)
+    check_deterministic(reference(method, task, data_dir), method, task, data_dir, tmp_path)
+
+
+@pytest.mark.parametrize("method, task", CASES)
+def test_resume_mid_task_is_bit_identical(request, reference, tmp_path, monkeypatch, method, task):
+    data_dir = data_for(request, task)
+    check_resume(reference(method, task, data_dir), method, task, data_dir, tmp_path, monkeypatch)
+
+
+@pytest.mark.parametrize("method, task", CASES)
+def test_seed_alone_equals_seed_beside_others(request, reference, tmp_path, method, task):
+    data_dir = data_for(request, task)
+    check_seed_alone(reference(method, task, data_dir), method, task, data_dir, tmp_path)
