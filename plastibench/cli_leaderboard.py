@@ -116,7 +116,7 @@ def compare_command(
     console = Console()
     if leaderboard.BASELINE not in methods:
         console.print(f"No {leaderboard.BASELINE} run among them: comparing against {baseline} (the first "
-                      "directory).", highlight=False)
+                      "directory).", highlight=False, markup=False)
     table = Table(title=compare.title(first["task"], first["protocol"], first["protocol_hash"], first["metric"],
                                       first["higher_is_better"]))
     for col in compare.header(baseline):
