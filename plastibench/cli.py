@@ -15,6 +15,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 
 from . import __version__
+from .cli_data import data_app
 from .cli_leaderboard import compare_command, leaderboard_app
 from .data.paths import DataUnavailable
 from .registry import METHODS, TASKS, UnknownName
@@ -28,6 +29,7 @@ app = typer.Typer(
 show_app = typer.Typer(help="Show one method or task in full.", no_args_is_help=True)
 app.add_typer(show_app, name="show")
 app.add_typer(leaderboard_app, name="leaderboard")
+app.add_typer(data_app, name="data")
 app.command("compare")(compare_command)
 err = Console(stderr=True)
 
