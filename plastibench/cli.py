@@ -15,6 +15,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 
 from . import __version__
+from .cli_contrib import new_method_command, plot_command
 from .cli_data import data_app
 from .cli_leaderboard import compare_command, leaderboard_app
 from .data.paths import DataUnavailable
@@ -30,6 +31,8 @@ show_app = typer.Typer(help="Show one method or task in full.", no_args_is_help=
 app.add_typer(show_app, name="show")
 app.add_typer(leaderboard_app, name="leaderboard")
 app.add_typer(data_app, name="data")
+app.command("plot")(plot_command)
+app.command("new-method")(new_method_command)
 app.command("compare")(compare_command)
 err = Console(stderr=True)
 

@@ -23,8 +23,9 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 
 
 def plot_command(
-    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories (runs/TASK/PROTOCOL/METHOD-HASH), all "
-                                                   "of one task and protocol.", show_default=False)],
+    run_dirs: Annotated[list[Path], typer.Argument(metavar="RUN_DIR", show_default=False,
+                                                   help="Run directories (runs/TASK/PROTOCOL/METHOD-HASH), all "
+                                                        "of one task and protocol.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Figure file, e.g. curves.png (.pdf and .svg "
                                          "work too).", show_default=False)],
     metric: Annotated[Optional[str], typer.Option(help="A metric of metrics.csv (e.g. dead_fraction/layer0), "
@@ -34,9 +35,11 @@ def plot_command(
 ):
     """Plot a metric over the task stream: one line per run, mean over seeds, 95% CI band.
 
-    Tasks are binned as the papers do (scr: 2 change periods; pmnist: 1 task; otherwise about
-    50 bins). The band is the Student-t 95% CI of the per-seed bin means. Unfinished runs are
-    plotted as far as their metrics.csv goes.
+    Tasks are binned as the papers do (scr: 2 change periods; pmnist: 1 task; else about 50 bins).
+
+    The band is the Student-t 95% CI of the per-seed bin means.
+
+    Unfinished runs are plotted as far as their metrics.csv goes.
     """
     from . import plots
 
@@ -54,14 +57,15 @@ def plot_command(
 
 
 def new_method_command(
-    name: Annotated[str, typer.Argument(help="Method name: a Python identifier, e.g. my_method.",
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Method name: a Python identifier, e.g. my_method.",
                                         show_default=False)],
     dir_: Annotated[Path, typer.Option("--dir", help="Folder of the method files.")] = Path("methods"),
 ):
     """Write methods/NAME.py: a working method skeleton to fill in (paper, update rule, defaults).
 
-    The file registers at once and passes the conformance suite as written; replace its TODOs
-    and its example hook by your method, then run its tests.
+    The file registers at once and passes the conformance suite as written.
+
+    Replace its TODOs and its example hook by your method, then run its tests (CONTRIBUTING.md).
     """
     from .scaffold import write_method
 

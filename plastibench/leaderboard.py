@@ -103,6 +103,9 @@ def entry_from_run(run_dir: Path, tuning: str = DEFAULT_TUNING) -> dict[str, Any
     if not in_tree:
         raise LeaderboardError(f"{run_dir}: method {method!r} is an out-of-tree plugin; the leaderboard ranks "
                                "only methods in methods/")
+    if "TODO" in METHODS.get(method).paper:
+        raise LeaderboardError(f"{run_dir}: method {method!r} still has a TODO in its `paper`; cite its paper "
+                               "in methods/" + method + ".py first")
     return {
         "schema_version": SCHEMA_VERSION,
         "method": {"name": method, "paper": METHODS.get(method).paper, "code_commit": env.get("git_commit"),

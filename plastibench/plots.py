@@ -15,16 +15,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import matplotlib
 import numpy as np
+import seaborn as sns
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import EngFormatter, MaxNLocator
 
+from .registry import TASKS
 from .results import read_metrics, read_yaml
 from .runner import UsageError
 from .stats import mean_ci95
 
 # Per-task plot settings until Task carries them: tasks per bin (the paper's bins), and the tasks
 # whose every step shows ``batch_size`` fresh examples (so a task is steps × batch examples).
-PAPER_BIN_TASKS = {"scr": 2, "pmnist": 1}
-ONLINE_TASKS = {"scr", "pmnist"}
 TARGET_BINS = 50
 
 DIAGNOSTICS = ("dead_fraction", "effective_rank", "stable_rank", "weight_magnitude")
@@ -54,7 +58,7 @@ class Run:
         return min(len(v) for series in self.metrics.values() for v in series.values())
 
     def names(self) -> set[str]:
-        """Metric names in ``metrics.csv`` and the layer aggregates (``dead_fraction`` for ``dead_fraction/layer0``...)."""
+        """The names in ``metrics.csv`` and their layer means (``dead_fraction`` for ``dead_fraction/layer*``)."""
         return set(self.metrics) | {n.split("/")[0] for n in self.metrics if "/" in n}
 
     def series(self, metric: str) -> np.ndarray:
@@ -108,12 +112,12 @@ def resolve_metrics(runs: Sequence[Run], metric: str | None) -> list[str]:
 
 def bin_tasks(task: str, n_tasks: int) -> int:
     """Tasks per bin: the paper's bin for known tasks, else at most ``TARGET_BINS`` bins."""
-    return PAPER_BIN_TASKS.get(task) or max(1, math.ceil(n_tasks / TARGET_BINS))
+    return TASKS.get(task).plot_bin_tasks or max(1, math.ceil(n_tasks / TARGET_BINS))
 
 
 def examples_per_task(spec: dict[str, Any]) -> int | None:
     """Fresh examples per task where every step shows new ones, else None."""
-    return spec["steps_per_task"] * spec["batch_size"] if spec["task"] in ONLINE_TASKS else None
+    return spec["steps_per_task"] * spec["batch_size"] if TASKS.get(spec["task"]).online else None
 
 
 def bin_means(values: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -172,8 +176,16 @@ def title(runs: Sequence[Run]) -> str:
     c = runs[0].config
     counts = sorted({len(r.config["seeds"]) for r in runs})
     n = str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+    single = " (none for 1 seed)" if counts[0] == 1 else ""
     return (f"{c['task']} / {c['protocol']} (protocol {c['protocol_hash']}), n = {n} seeds\n"
-            "line: mean over seeds; band: 95% CI (Student t)")
+            f"line: mean over seeds; band: 95% CI (Student t){single}")
+
+
+def palette(n: int) -> list:
+    """Seaborn's colour-blind palette, reordered so that orange and vermillion are far apart."""
+    colours = sns.color_palette("colorblind", 10)
+    order = [colours[i] for i in (0, 1, 2, 4, 3, 9, 5, 7, 6, 8)]
+    return [order[i % len(order)] for i in range(n)]
 
 
 def _x_label(size: int) -> str:
@@ -184,54 +196,57 @@ def _draw_panel(ax, runs: Sequence[Run], names: Sequence[str], colours, metric: 
     for run, name, colour in zip(runs, names, colours):
         ends, per_seed = bin_means(run.series(metric), size)
         mean, low, high = band(per_seed)
-        ax.plot(ends, mean, color=colour, label=name, lw=1.8, marker="o" if len(ends) <= 30 else None, ms=4)
+        ax.plot(ends, mean, color=colour, label=name, lw=1.8 if len(ends) <= 100 else 1.3,
+                marker="o" if len(ends) <= 30 else None, ms=4)
         if low is not None:
-            ax.fill_between(ends, low, high, color=colour, alpha=0.2, lw=0)
+            ax.fill_between(ends, low, high, color=colour, alpha=0.18, lw=0)
     ax.set_ylabel(axis_label(metric, runs[0]))
     ax.set_xlabel(_x_label(size))
     ax.set_xlim(left=0)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def _examples_axis(ax, per_task: int) -> None:
-    from matplotlib.ticker import EngFormatter
-
     top = ax.secondary_xaxis("top", functions=(lambda t: t * per_task, lambda e: e / per_task))
     top.xaxis.set_major_formatter(EngFormatter(sep=""))
     top.set_xlabel("examples")
 
 
 def draw(runs: Sequence[Run], metrics: Sequence[str], output: Path) -> None:
-    """Write the figure: one panel per metric, the legend beside a single panel or in a spare cell."""
-    import matplotlib
-    import seaborn as sns
-    from matplotlib.figure import Figure
-
+    """Write the figure: one panel per metric and one cell for the legend."""
     spec = runs[0].spec
     size = bin_tasks(spec["task"], spec["n_tasks"])
     per_task = examples_per_task(spec)
-    names, colours = labels(runs), sns.color_palette("colorblind", len(runs))
+    names, colours = labels(runs), palette(len(runs))
     cells = 1 if len(metrics) == 1 else len(metrics) + 1  # several panels: one more cell for the legend
-    ncols = min(3, cells)
+    ncols = 2 if cells == 4 else min(cells, 3)
     nrows = math.ceil(cells / ncols)
     style = {**sns.axes_style("whitegrid"), **sns.plotting_context("notebook")}
     with matplotlib.rc_context(style):
-        fig = Figure(figsize=(9.5, 5.2) if len(metrics) == 1 else (5.2 * ncols, 4.4 * nrows), layout="constrained")
+        fig = Figure(figsize=(10, 6) if cells == 1 else (5.2 * ncols, 4.4 * nrows), layout="constrained")
+        FigureCanvasAgg(fig)  # drawn off-screen: no display, no pyplot state
         _check_format(fig, output)
         axes = list(fig.subplots(nrows, ncols, squeeze=False).flat)
         for i, (ax, metric) in enumerate(zip(axes, metrics)):
             _draw_panel(ax, runs, names, colours, metric, size)
             if per_task and i < ncols:
                 _examples_axis(ax, per_task)
-        handles, texts = axes[0].get_legend_handles_labels()
-        if len(metrics) == 1:
-            fig.legend(handles, texts, loc="outside right upper", title="method")
-        else:
-            for spare in axes[len(metrics):]:
-                spare.axis("off")
-            axes[len(metrics)].legend(handles, texts, loc="center", title="method", frameon=False)
+        for spare in axes[len(metrics):]:
+            spare.axis("off")
+        _legend(fig, axes[len(metrics)] if len(metrics) > 1 else None, axes[0], names)
         fig.suptitle(title(runs))
         output.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(output, dpi=150)
+
+
+def _legend(fig, cell, ax, names: Sequence[str]) -> None:
+    """In a spare grid cell, or below a single panel in as many columns as the labels' length allows."""
+    handles, texts = ax.get_legend_handles_labels()
+    if cell is not None:
+        cell.legend(handles, texts, loc="center left", title="method", frameon=False)
+        return
+    ncols = max(1, min(len(names), 4, 100 // (max(map(len, names)) + 8)))
+    fig.legend(handles, texts, loc="outside lower center", ncols=ncols, title="method", frameon=False)
 
 
 def _check_format(fig, output: Path) -> None:

@@ -24,6 +24,8 @@ class Task:
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     protocols: ClassVar[dict[str, Protocol]] = {}
+    plot_bin_tasks: ClassVar[int | None] = None  # tasks per plotted bin, as the paper bins
+    online: ClassVar[bool] = False  # every step sees fresh examples (plots add an examples axis)
 
     def __init__(self, protocol: Protocol, seeds: torch.Tensor, *, data_dir: str | Path | None = None,
                  verify: bool = True):

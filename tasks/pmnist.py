@@ -44,6 +44,8 @@ def _protocol(name, n_tasks, steps, width, description, probe=2000, seeds=10) ->
 @register_task("pmnist")
 class PermutedMNIST(Task):
     summary = "online permuted MNIST: 784-2000-2000-2000-10, one pass per permutation, batch 1"
+    plot_bin_tasks = 1  # one task = 60 000 examples, as lop/permuted_mnist/plots
+    online = True
     protocols = {
         "paper": _protocol("paper", 800, 60_000, 2000, "the reference's 800 tasks of 60k online steps"),
         "short": _protocol("short", 100, 60_000, 2000, "100 tasks, every other setting as the paper"),

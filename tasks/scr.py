@@ -51,6 +51,8 @@ def _protocol(name: str, n_tasks: int, steps: int, description: str, probe: int 
 @register_task("scr")
 class SlowlyChangingRegression(Task):
     summary = "slowly-changing regression: 20-5-1 ReLU learner vs a drifting LTU target, online"
+    plot_bin_tasks = 2  # bins of 20 000 examples, as lop/slowly_changing_regression/plots
+    online = True
     protocols = {
         "paper": _protocol("paper", 100, 10_000, "the reference's 1M examples, all slow bits redrawn"),
         "flip-one": _protocol("flip-one", 300, 10_000, "3M examples, one slow bit flipped per period",
