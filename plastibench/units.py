@@ -65,6 +65,18 @@ class UnitParam:
 
 
 @dataclass(frozen=True)
+class UnitReset:
+    """A per-unit tensor that re-initialisation sets to a constant ``value``.
+
+    A unit followed by a BatchNorm owns that BN's weight (reset to 1), bias (0), running mean (0)
+    and running variance (1), as ``lop/algos/res_gnt.py::ResGnT.gen_new_features`` resets them.
+    """
+
+    part: UnitParam
+    value: float
+
+
+@dataclass(frozen=True)
 class UnitGroup:
     """The hidden units of one layer and every tensor each of them owns."""
 
@@ -77,6 +89,7 @@ class UnitGroup:
     outgoing_weight: UnitParam
     outgoing_bias: torch.Tensor
     extra: tuple[UnitParam, ...] = field(default=())
+    norm: tuple[UnitReset, ...] = field(default=())
 
     def incoming_magnitude(self) -> torch.Tensor:
         return self.incoming_weight.magnitude()
@@ -85,15 +98,19 @@ class UnitGroup:
         return self.outgoing_weight.magnitude()
 
     def owned(self) -> tuple[UnitParam, ...]:
-        return (self.incoming_weight, self.incoming_bias, self.outgoing_weight, *self.extra)
+        return (self.incoming_weight, self.incoming_bias, self.outgoing_weight, *self.extra,
+                *(reset.part for reset in self.norm))
 
     @torch.no_grad()
     def reinitialise(self, idx: torch.Tensor, valid: torch.Tensor, new_incoming: torch.Tensor) -> None:
         """Units ``idx`` (where ``valid``) get incoming weights ``new_incoming[S, K, ...]``,
-        bias 0 and outgoing weights 0, so the network's function is unchanged at that moment."""
+        bias 0 and outgoing weights 0, so the network's function is unchanged at that moment;
+        the ``norm`` tensors get their reset values."""
         self.incoming_weight.assign(idx, valid, new_incoming)
         self.incoming_bias.assign(idx, valid, 0.0)
         self.outgoing_weight.assign(idx, valid, 0.0)
+        for reset in self.norm:
+            reset.part.assign(idx, valid, reset.value)
 
     @torch.no_grad()
     def reset_optimizer_state(self, optimizer: torch.optim.Optimizer, idx: torch.Tensor,

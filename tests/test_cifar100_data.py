@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 from plastibench.cli_data import data_app
 from plastibench.data import cifar100
-from plastibench.data.cifar100 import Cifar100, file_digests, load_cifar100, read_pickle
+from plastibench.data.cifar100 import Cifar100, load_cifar100
+from plastibench.data.files import file_digests, read_pickle
 from plastibench.data.paths import DataUnavailable
 
 RNG = np.random.default_rng(0)

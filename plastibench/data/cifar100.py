@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import codecs
-import hashlib
 import os
 import pickle
 import secrets
@@ -18,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from plastibench.data.download import download_verified
+from plastibench.data.files import file_digests, read_pickle
 from plastibench.data.paths import ENV_VAR, DataUnavailable, resolve_data_dir
 
 URLS = ("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",)
@@ -38,61 +37,6 @@ SHA256 = {
     "test": "4b67687d9933c4db8f0831104447f15b93774f4f464bd0516f0f0f2ac83b7864",
     "meta": "a5d4786345c961390f865e93b434dbd5c6904ce880667e0cb888c97d449f28b9",
 }
-_CHUNK = 1 << 20
-
-
-def file_digests(path: str | os.PathLike[str]) -> tuple[str, str]:
-    """(MD5, SHA-256) hex digests of a file, in one read."""
-    md5, sha256 = hashlib.md5(usedforsecurity=False), hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            md5.update(chunk)
-            sha256.update(chunk)
-    return md5.hexdigest(), sha256.hexdigest()
-
-
-def _pickle_globals() -> dict[tuple[str, str], Any]:
-    """The only globals a data pickle may name: what numpy arrays and scalars need."""
-    reconstruct = np.ndarray((0,)).__reduce__()[0]
-    scalar = np.float64(0).__reduce__()[0]
-    frombuffer = np.zeros(1).__reduce_ex__(5)[0]
-    allowed: dict[tuple[str, str], Any] = {
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-        ("_codecs", "encode"): codecs.encode,  # bytes in protocol-2 pickles written by Python 3
-    }
-    for core in ("numpy.core", "numpy._core"):  # numpy 1.x and 2.x module names
-        allowed[(f"{core}.multiarray", "_reconstruct")] = reconstruct
-        allowed[(f"{core}.multiarray", "scalar")] = scalar
-        allowed[(f"{core}.numeric", "_frombuffer")] = frombuffer
-    return allowed
-
-
-class _DataUnpickler(pickle.Unpickler):
-    allowed = _pickle_globals()
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return self.allowed[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(
-                f"refusing to load {module}.{name}: a data pickle may hold only numpy arrays, "
-                "numbers, strings, lists and dicts") from None
-
-
-def read_pickle(path: str | os.PathLike[str]) -> Any:
-    """Unpickle a data file (Python 2 or 3) that may only contain numpy arrays and builtins.
-
-    Strings from Python 2 pickles are decoded as latin-1; ``bytes`` dict keys become ``str``.
-    Any other global (code) is refused with ``pickle.UnpicklingError``.
-    """
-    with open(path, "rb") as f:
-        obj = _DataUnpickler(f, encoding="latin1").load()
-    if isinstance(obj, dict):
-        obj = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
-    return obj
-
-
 @dataclass(frozen=True, eq=False)
 class Cifar100:
     """CIFAR-100 loaded from the official files.
@@ -143,7 +87,7 @@ def _extract(archive: Path, folder: Path, names: Sequence[str]) -> None:
                 tmp = folder / f"{name}.part-{secrets.token_hex(4)}"
                 try:
                     with tar.extractfile(member) as src, open(tmp, "xb") as out:
-                        shutil.copyfileobj(src, out, _CHUNK)
+                        shutil.copyfileobj(src, out)
                     os.replace(tmp, folder / name)
                 finally:
                     tmp.unlink(missing_ok=True)

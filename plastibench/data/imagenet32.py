@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from plastibench.data.cifar100 import file_digests, read_pickle
+from plastibench.data.files import file_digests, read_pickle
 from plastibench.data.download import sha256_file
 from plastibench.data.paths import ENV_VAR, DataUnavailable, resolve_data_dir
 
