@@ -88,7 +88,6 @@ class UnitGroup:
     incoming_bias: UnitParam
     outgoing_weight: UnitParam
     outgoing_bias: torch.Tensor
-    extra: tuple[UnitParam, ...] = field(default=())
     norm: tuple[UnitReset, ...] = field(default=())
 
     def incoming_magnitude(self) -> torch.Tensor:
@@ -98,7 +97,7 @@ class UnitGroup:
         return self.outgoing_weight.magnitude()
 
     def owned(self) -> tuple[UnitParam, ...]:
-        return (self.incoming_weight, self.incoming_bias, self.outgoing_weight, *self.extra,
+        return (self.incoming_weight, self.incoming_bias, self.outgoing_weight,
                 *(reset.part for reset in self.norm))
 
     @torch.no_grad()
