@@ -15,6 +15,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 
 from . import __version__
+from .cli_common import fail
 from .cli_contrib import new_method_command, plot_command
 from .cli_data import data_app
 from .cli_leaderboard import compare_command, leaderboard_app
@@ -35,11 +36,6 @@ app.command("plot")(plot_command)
 app.command("new-method")(new_method_command)
 app.command("compare")(compare_command)
 err = Console(stderr=True)
-
-
-def _fail(message: str, code: int) -> typer.Exit:
-    err.print(f"[bold red]Error:[/] {message}", highlight=False)
-    return typer.Exit(code)
 
 
 def _version(value: bool):
@@ -84,7 +80,7 @@ def run(
         overrides = parse_overrides(set_, methods)
         plans = [plan(m, task, protocol, seeds, overrides[m], out) for m in methods]
     except (UnknownName, UsageError) as exc:
-        raise _fail(str(exc.args[0]), 2)
+        raise fail(str(exc.args[0]), 2)
 
     summaries = []
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("tasks {task.fields[tasks]}"),
@@ -109,9 +105,9 @@ def run(
                 summary = execute(p, device=dev, data_dir=data_dir, verify=verify,
                                   checkpoint_every=checkpoint_every, on_progress=on_progress)
             except DataUnavailable as exc:
-                raise _fail(str(exc), 1)
+                raise fail(str(exc), 1)
             except KeyboardInterrupt:
-                raise _fail(f"interrupted; checkpoint saved in {p.directory}. Re-run the same command to "
+                raise fail(f"interrupted; checkpoint saved in {p.directory}. Re-run the same command to "
                             "resume.", 130)
             progress.update(bar, completed=progress.tasks[bar].total, tasks=f"{proto['n_tasks']}/{proto['n_tasks']}")
             summaries.append((p, summary))
@@ -150,7 +146,7 @@ def bench(
         counts = [int(c) for c in seeds.split(",")]
         METHODS.get(method), TASKS.get(task).protocol(protocol)
     except (UnknownName, UsageError, ValueError) as exc:
-        raise _fail(str(exc.args[0]) if exc.args else str(exc), 2)
+        raise fail(str(exc.args[0]) if exc.args else str(exc), 2)
     table = Table(title=f"{method} on {task}/{protocol}, {dev}, {steps} timed steps")
     for col in ("seeds S", "seed-steps/s", "steps/s", "speed-up vs S=" + str(counts[0])):
         table.add_column(col, justify="right")
@@ -160,7 +156,7 @@ def bench(
             rate = seed_steps_per_second(method, task, protocol, n, steps=steps, warmup=warmup, device=dev,
                                          data_dir=data_dir, verify=verify)
         except DataUnavailable as exc:
-            raise _fail(str(exc), 1)
+            raise fail(str(exc), 1)
         base = base or rate
         table.add_row(str(n), f"{rate:,.0f}", f"{rate / n:,.1f}", f"{rate / base:.1f}x")
     Console().print(table)
@@ -201,7 +197,7 @@ def _lookup(registry, name: str):
     try:
         return registry.get(name)
     except UnknownName as exc:
-        raise _fail(str(exc.args[0]), 2)
+        raise fail(str(exc.args[0]), 2)
 
 
 def _module_doc(cls) -> str:

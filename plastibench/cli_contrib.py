@@ -12,14 +12,10 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
+from .cli_common import fail
 from .runner import UsageError
 
 err = Console(stderr=True)
-
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[bold red]Error:[/] {message}", highlight=False)
-    return typer.Exit(code)
 
 
 def plot_command(
@@ -48,7 +44,7 @@ def plot_command(
         metrics = plots.resolve_metrics(runs, metric)
         plots.draw(runs, metrics, output)
     except UsageError as exc:
-        raise _fail(str(exc))
+        raise fail(str(exc))
     for run in runs:
         if not run.finished:
             err.print(f"Note: {run.directory} is unfinished (no summary.yaml); plotted its "
@@ -72,7 +68,7 @@ def new_method_command(
     try:
         path = write_method(name, dir_)
     except UsageError as exc:
-        raise _fail(str(exc))
+        raise fail(str(exc))
     typer.echo(f"wrote {path}\nnext: fill in its TODOs, then run\n"
                f"  python -m pytest tests/test_conformance.py -k {name}\n"
                f"  plastibench run --method {name} --task scr --protocol smoke\n"

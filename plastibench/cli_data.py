@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from .cli_common import fail
 from .data.cifar100 import FOLDER, load_cifar100
 from .data.imagenet32 import (IMAGES_PER_CLASS, ImportReport, ProgressFn, import_imagenet32,
                               import_reference_archive)
@@ -35,12 +36,6 @@ Verify = Annotated[bool, typer.Option(help="Refuse files whose checksum differs 
 SrcDir = Annotated[Path, typer.Argument(metavar="SRC", exists=True, file_okay=False,
                                         help="Folder holding the downloaded files.")]
 LIST_MAX = 10
-
-
-def _fail(message: str) -> typer.Exit:
-    """Print the message on stderr; the caller raises the returned ``typer.Exit``."""
-    typer.echo(f"Error: {message}", err=True)
-    return typer.Exit(1)
 
 
 def _listing(items: Sequence[str]) -> str:
@@ -90,7 +85,7 @@ def import_imagenet32_command(src: SrcDir, data_dir: DataDir = None, verify: Ver
         with _progress() as progress:
             report = import_imagenet32(src, data_dir, verify=verify, progress=progress)
     except (DataUnavailable, OSError) as exc:
-        raise _fail(str(exc))
+        raise fail(str(exc), 1)
     _summary(report)
 
 
@@ -106,7 +101,7 @@ def import_reference_command(src: SrcDir, data_dir: DataDir = None):
         with _progress() as progress:
             report = import_reference_archive(src, data_dir, progress=progress)
     except (DataUnavailable, OSError) as exc:
-        raise _fail(str(exc))
+        raise fail(str(exc), 1)
     _summary(report)
 
 
@@ -117,7 +112,7 @@ def fetch_cifar100_command(data_dir: DataDir = None, verify: Verify = True):
         with err.status("Fetching and checking CIFAR-100"):
             data = load_cifar100(data_dir, verify=verify)
     except (DataUnavailable, OSError) as exc:
-        raise _fail(str(exc))
+        raise fail(str(exc), 1)
     typer.echo(f"CIFAR-100 ready in {resolve_data_dir(data_dir) / FOLDER}: "
                f"{len(data.train_labels):,} train and {len(data.test_labels):,} test images, "
                f"{len(data.label_names)} classes.")

@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from . import compare, leaderboard
+from .cli_common import fail
 from .leaderboard import DEFAULT_TUNING, LeaderboardError
 from .results import read_yaml
 from .stats import iqm, iqm_ci95
@@ -25,12 +26,6 @@ leaderboard_app = typer.Typer(
 
 RootOption = Annotated[Path, typer.Option("--root", help="Leaderboard folder (entries/ and README.md).")]
 IQM_RESAMPLES = 10000
-
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    """Print one error line on stderr; the caller raises the returned ``typer.Exit``."""
-    typer.echo(f"Error: {message}", err=True)
-    return typer.Exit(code)
 
 
 @leaderboard_app.command()
@@ -44,7 +39,7 @@ def submit(
     try:
         path = leaderboard.submit(run_dir, root, tuning, force)
     except LeaderboardError as exc:
-        raise _fail(str(exc))
+        raise fail(str(exc))
     typer.echo(f"wrote {path}")
     typer.echo(f"next: plastibench leaderboard render --root {root} && plastibench leaderboard check "
                f"--root {root}", err=True)
@@ -61,7 +56,7 @@ def check(
     try:
         n, problems = leaderboard.check(root, against)
     except LeaderboardError as exc:
-        raise _fail(str(exc))
+        raise fail(str(exc))
     for problem in problems:
         typer.echo(problem)
     if problems:
@@ -75,7 +70,7 @@ def render(root: RootOption = Path("leaderboard")):
     try:
         path, shown, skipped = leaderboard.render(root)
     except LeaderboardError as exc:
-        raise _fail(str(exc))
+        raise fail(str(exc))
     for problem in skipped:
         typer.echo(f"skipped {problem}", err=True)
     typer.echo(f"wrote {path} ({shown} entries)")
@@ -84,9 +79,9 @@ def render(root: RootOption = Path("leaderboard")):
 def _summary(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / "summary.yaml"
     if not Path(run_dir).is_dir():
-        raise _fail(f"{run_dir}: not a run directory")
+        raise fail(f"{run_dir}: not a run directory")
     if not path.exists():
-        raise _fail(f"{run_dir}: no summary.yaml; the run is unfinished")
+        raise fail(f"{run_dir}: no summary.yaml; the run is unfinished")
     return read_yaml(path)
 
 
@@ -103,7 +98,7 @@ def compare_command(
     if len(kinds) > 1:
         runs = "; ".join(f"{d}: {s['task']}/{s['protocol']} ({s['protocol_hash']})"
                          for d, s in zip(run_dirs, summaries))
-        raise _fail(f"runs of different tasks, protocols or protocol hashes cannot be compared: {runs}")
+        raise fail(f"runs of different tasks, protocols or protocol hashes cannot be compared: {runs}")
     methods = [s["method"] for s in summaries]
     labels = [m if methods.count(m) == 1 else str(d) for m, d in zip(methods, run_dirs)]
     baseline = labels[methods.index(leaderboard.BASELINE)] if leaderboard.BASELINE in methods else labels[0]
@@ -112,7 +107,7 @@ def compare_command(
     try:
         rows = compare.statistics_table(results, baseline, first["higher_is_better"])
     except ValueError as exc:
-        raise _fail(f"{exc}; give each run directory once")
+        raise fail(f"{exc}; give each run directory once")
     console = Console()
     if leaderboard.BASELINE not in methods:
         console.print(f"No {leaderboard.BASELINE} run among them: comparing against {baseline} (the first "
