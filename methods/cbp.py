@@ -24,10 +24,16 @@ rate, all per seed):
 As in GnT, every layer is first tested (ages, utilities, counts and choices, all on the
 post-step weights) and only then are the chosen units of every layer replaced, layer by layer.
 
-b_l by ``init``: "kaiming" gain·√(3/fan_in) (GnT's default), "default" √(1/fan_in), "lecun"
-√(3/fan_in), "xavier" gain·√(6/(fan_in+n_l)). Feature magnitudes use the paper's
-mean over the batch (and over space for conv features); the paper's Eq. 1 sums |W_out| where the
-code averages it, which ranks units identically within a layer.
+b_l by ``init`` for linear units: "kaiming" gain·√(3/fan_in) (GnT's default), "default"
+√(1/fan_in), "lecun" √(3/fan_in), "xavier" gain·√(6/(fan_in+n_l)); conv filters always
+U(±√(1/fan_in)), as ConvGnT. The paper's Eq. 1 sums |W_out| where the code averages it, which
+ranks units identically within a layer.
+
+Conv layers follow ConvGnT (``lop/algos/convGnT.py``): a channel's activations are averaged over
+the batch and the pooled map's positions, mean|W_out| runs over the next conv's (out, kh, kw);
+for the last conv, whose channel c feeds the flattened inputs 4c..4c+3 of the first linear layer,
+the product mean|W_out[:, p]|·mean_batch|h_p − f_c| is taken per input p and then averaged over
+the 4, and outgoing weights 4c..4c+3 are zeroed. (ResGnT, the ResNet variant, is not here yet.)
 
 Deliberate choices where the reference code departs from the paper (each offered as an option):
 
@@ -61,9 +67,25 @@ from plastibench.registry import register_method
 from plastibench.units import UnitGroup
 
 
-def _unit_view(h: torch.Tensor) -> torch.Tensor:
-    """Features ``[S, B, n, *spatial]`` -> ``[S, n, B·spatial]``."""
-    return h.detach().movedim(2, 1).reshape(h.shape[0], h.shape[2], -1)
+def _unit_view(h: torch.Tensor, group: UnitGroup) -> torch.Tensor:
+    """Features -> ``[S, n, samples, positions]``.
+
+    ``[S, B, n, *spatial]`` (conv maps, or ``[S, B, n]``) -> ``[S, n, B·spatial, 1]``; a flattened
+    conv output ``[S, B, n·g]`` whose unit owns g next-layer inputs -> ``[S, n, B, g]``.
+    """
+    h = h.detach()
+    s, n, g = h.shape[0], group.n_units, group.outgoing_weight.group
+    if g > 1:
+        return h.view(s, h.shape[1], n, g).transpose(1, 2)
+    return h.movedim(2, 1).reshape(s, n, -1, 1)
+
+
+def _bound(init: str, group: UnitGroup) -> float:
+    """New incoming weights ~ U(±bound): per ``init`` for linear units; conv filters always
+    U(±√(1/fan_in)), as ConvGnT (``get_layer_bound`` ignores ``init`` for Conv2d)."""
+    if group.incoming_weight.param.dim() > 3:
+        return init_bound("default", group.fan_in, group.n_units, group.activation)
+    return init_bound(init, group.fan_in, group.n_units, group.activation)
 
 
 def max_replacements(rate: float, n_units: int, count_rule: str) -> int:
@@ -128,7 +150,7 @@ class ContinualBackprop(Method):
     def after_step(self, info: StepInfo) -> None:
         if self.hp["replacement_rate"] == 0:
             return
-        chosen = [self._test(group, _unit_view(h), state, draws, info.step)
+        chosen = [self._test(group, _unit_view(h, group), state, draws, info.step)
                   for group, h, state, draws in zip(self.groups, info.features, self.state, self.draws)]
         for group, state, draws, (idx, valid, mean_act) in zip(self.groups, self.state, self.draws, chosen):
             self._generate(group, state, draws, info.step, idx, valid, mean_act)
@@ -136,15 +158,13 @@ class ContinualBackprop(Method):
     def _utility(self, group: UnitGroup, h: torch.Tensor, state: dict) -> torch.Tensor:
         eta = self.hp["decay_rate"]
         correction = 1.0 - eta ** state["age"].double()
-        state["mean_act"].mul_(eta).add_((1 - eta) * h.mean(-1))
+        state["mean_act"].mul_(eta).add_((1 - eta) * h.mean((2, 3)))
         mean_act = state["mean_act"] / correction.float()
         kind = self.hp["utility"]
-        if kind == "contribution":
-            y = group.outgoing_magnitude() * h.abs().mean(-1)
-        else:
-            y = group.outgoing_magnitude() * (h - mean_act.unsqueeze(-1)).abs().mean(-1)
-            if kind == "adaptable_contribution":
-                y = y / group.incoming_magnitude()
+        centred = h if kind == "contribution" else h - mean_act[..., None, None]
+        y = (group.outgoing_weight.slot_magnitude() * centred.abs().mean(2)).mean(-1)
+        if kind == "adaptable_contribution":
+            y = y / group.incoming_magnitude()
         state["util"].mul_(eta).add_((1 - eta) * y)
         return state["util"] / correction.float(), mean_act
 
@@ -179,7 +199,7 @@ class ContinualBackprop(Method):
         if self.hp["next_bias_correction"]:
             w_out = group.outgoing_weight.gather(idx)
             group.outgoing_bias.add_((w_out * (mean_act.gather(1, idx) * valid).unsqueeze(-1)).sum(1))
-        bound = init_bound(self.hp["init"], group.fan_in, group.n_units, group.activation)
+        bound = _bound(self.hp["init"], group)
         group.reinitialise(idx, valid, bound * draws["init"].at(step))
         if self.hp["reset_optimizer_state"]:
             group.reset_optimizer_state(self.run.optimizer, idx, valid)

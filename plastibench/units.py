@@ -31,9 +31,13 @@ class UnitParam:
 
     def magnitude(self) -> torch.Tensor:
         """Mean absolute value of each unit's slice, ``[S, n]``."""
-        moved = self._moved(None)
+        return self.slot_magnitude().mean(-1)
+
+    def slot_magnitude(self) -> torch.Tensor:
+        """Mean absolute value over each of a unit's ``group`` positions, ``[S, n, group]``."""
+        moved = self._moved(None).detach().abs()
         s, m = moved.shape[0], moved.shape[1] // self.group
-        return moved.detach().abs().reshape(s, m, -1).mean(-1)
+        return moved.reshape(s, m * self.group, -1).mean(-1).view(s, m, self.group)
 
     def _index(self, idx: torch.Tensor, moved: torch.Tensor) -> torch.Tensor:
         s, k = idx.shape
