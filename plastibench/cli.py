@@ -73,6 +73,14 @@ def run(
     All seeds of a method run in lockstep as one batched network. Results go to
     OUT/TASK/PROTOCOL/METHOD-HASH/ (config, environment, per-seed metrics.csv, summary.yaml).
     Re-running the same command continues from the last checkpoint; finished runs are not redone.
+
+    Examples:
+
+      plastibench run -m bp,cbp -t scr -p short          # minutes on a laptop CPU
+
+      plastibench run -m cbp -t pmnist --seeds 0-9 --device cuda --data-dir ~/data
+
+      plastibench run -m cbp -t scr --set replacement_rate=1e-3 --out runs/sweep
     """
     methods = [m.strip() for m in method.split(",") if m.strip()]
     try:
