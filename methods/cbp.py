@@ -61,7 +61,7 @@ import math
 import torch
 
 from plastibench import rng
-from plastibench.method import Method, StepInfo
+from plastibench.method import HyperparameterError, Method, StepInfo
 from plastibench.nn import init_bound
 from plastibench.registry import register_method
 from plastibench.units import UnitGroup
@@ -124,6 +124,10 @@ class ContinualBackprop(Method):
 
     def configure_network(self, net):
         self.groups: list[UnitGroup] = net.unit_groups()
+        if self.hp["next_bias_correction"] and any(
+                g.outgoing_weight.param.dim() != 3 or g.outgoing_weight.group != 1 for g in self.groups):
+            raise HyperparameterError("next_bias_correction is defined for fully connected next layers only; "
+                                      "this network has conv or flattened-conv units")
         s = self.run.seeds.numel()
         dev = self.run.seeds.device
         self.state = [
@@ -155,7 +159,8 @@ class ContinualBackprop(Method):
         for group, state, draws, (idx, valid, mean_act) in zip(self.groups, self.state, self.draws, chosen):
             self._generate(group, state, draws, info.step, idx, valid, mean_act)
 
-    def _utility(self, group: UnitGroup, h: torch.Tensor, state: dict) -> torch.Tensor:
+    def _utility(self, group: UnitGroup, h: torch.Tensor, state: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Update and return the bias-corrected utility û and mean activation f, both ``[S, n]``."""
         eta = self.hp["decay_rate"]
         correction = 1.0 - eta ** state["age"].double()
         state["mean_act"].mul_(eta).add_((1 - eta) * h.mean((2, 3)))

@@ -117,3 +117,15 @@ def test_cbp_on_convnet_follows_convgnt():
                             if i + 1 == len(cbp.groups) or r not in expected[s][i + 1]]
                     assert torch.count_nonzero(layers[i + 1].weight[s][kept][:, cols]) == 0
     assert replaced_any > 20
+
+
+def test_next_bias_correction_is_refused_on_conv_nets():
+    """The paper's bias correction moves W_out[:, j]·f_j into a linear next layer's bias only."""
+    import pytest
+
+    from plastibench.method import HyperparameterError
+
+    seeds = torch.tensor([0])
+    cbp = ContinualBackprop({**HP, "next_bias_correction": True}, RunContext(seeds=seeds, task="x", protocol=None))
+    with pytest.raises(HyperparameterError, match="fully connected"):
+        cbp.configure_network(BatchedConvNet(seeds))
