@@ -26,6 +26,7 @@ from plastibench.registry import register_method
 
 @register_method("adam")
 class Adam(Method):
+    claims = frozenset({"optimizer"})
     summary = "backprop with Adam (the paper's Adam baseline; beta1 = beta2 = 0.99 for 'proper Adam')"
     paper = "Kingma & Ba, Adam, ICLR 2015; baseline of Dohare et al., Nature 632:768-774 (2024)"
     defaults = {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8}

@@ -97,6 +97,7 @@ def max_replacements(rate: float, n_units: int, count_rule: str) -> int:
 
 @register_method("cbp")
 class ContinualBackprop(Method):
+    claims = frozenset({"units"})
     summary = "continual backprop: replace low-utility mature units by fresh ones every step"
     paper = ("Dohare et al., Loss of plasticity in deep continual learning, Nature 632:768-774 (2024); "
              "Dohare, Sutton & Mahmood, Continual backprop, arXiv:2108.06325")

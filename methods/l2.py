@@ -15,6 +15,7 @@ from plastibench.registry import register_method
 
 @register_method("l2")
 class L2(Method):
+    claims = frozenset({"weight_decay"})
     summary = "backprop + coupled L2 weight decay (the paper's L2 baseline)"
     paper = "Dohare et al., Loss of plasticity in deep continual learning, Nature 632:768-774 (2024)"
     defaults = {"weight_decay": 1e-4}

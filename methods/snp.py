@@ -19,6 +19,7 @@ from plastibench.registry import register_method
 
 @register_method("snp")
 class ShrinkAndPerturb(Method):
+    claims = frozenset({"weight_decay"})
     summary = "shrink (coupled weight decay) + Gaussian noise on every parameter after each step"
     paper = ("Ash & Adams, On warm-starting neural network training, NeurIPS 2020; per-step form of "
              "Dohare et al., Nature 632:768-774 (2024)")

@@ -94,6 +94,12 @@ class Method:
     defaults: ClassVar[dict[str, Any]] = {}
     task_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
     choices: ClassVar[dict[str, tuple[str, ...]]] = {}
+    # What the method owns exclusively, so that a composition (``cbp+l2``) of two methods claiming
+    # the same thing is refused. Vocabulary: "optimizer" (chooses the optimizer algorithm),
+    # "weight_decay" (sets the optimizer's weight decay), "architecture" (changes the network's
+    # layers or activations), "units" (re-initialises hidden units), "parameters" (rewrites all
+    # parameters wholesale, e.g. a full reset or a re-parametrisation of the weights).
+    claims: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, hparams: Mapping[str, Any], run: RunContext):
         self.hp = dict(hparams)
