@@ -106,7 +106,7 @@ def run(
                     start["steps"] = pr.steps_done
                 dt = time.monotonic() - start["time"]
                 rate = (pr.steps_done - start["steps"]) * n_seeds / dt if dt > 0 else 0.0
-                progress.update(bar, completed=pr.steps_done, tasks=f"{pr.tasks_done}/{n_tasks}",
+                progress.update(bar, total=pr.total_steps, completed=pr.steps_done, tasks=f"{pr.tasks_done}/{n_tasks}",
                                 rate=f"{rate:,.0f}")
 
             try:

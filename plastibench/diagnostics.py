@@ -10,6 +10,11 @@ For each hidden layer's representation ``H[s]`` (probe inputs × units), per see
 
 and ``weight_magnitude``: mean |w| over all weight matrices, biases excluded (the MNIST plots'
 Σ|W| / #weights). A layer whose representation is all zero has both ranks 0.
+
+A conv layer's units are its channels: a channel is dead when it is 0 at every position of every
+probe input, and the ranks are those of the channel activations averaged over positions
+(``[P, C]``, as the per-channel utilities of ConvGnT average them). The probe runs in eval mode
+(BatchNorm uses running statistics and is not updated, dropout is off) under ``no_grad``.
 """
 
 from __future__ import annotations
@@ -37,12 +42,22 @@ def stable_rank(sv: torch.Tensor, prop: float = 0.99) -> torch.Tensor:
 @torch.no_grad()
 def measure(net: torch.nn.Module, probe: torch.Tensor) -> dict[str, torch.Tensor]:
     """All diagnostics on ``probe[S, P, ...]``: name -> per-seed values ``[S]``."""
-    _, features = net(probe)
+    was_training = net.training
+    net.eval()
+    try:
+        _, features = net(probe)
+    finally:
+        net.train(was_training)
     out: dict[str, torch.Tensor] = {}
     for i, h in enumerate(features):
-        h = h.reshape(h.shape[0], h.shape[1], -1).float()
+        h = h.float()
+        if h.dim() > 3:  # conv map [S, P, C, H, W]: channels are the units
+            dead = h.abs().sum((1, 3, 4)) == 0
+            h = h.mean((3, 4))
+        else:
+            dead = h.abs().sum(1) == 0
         sv = torch.linalg.svdvals(h)
-        out[f"dead_fraction/layer{i}"] = (h.abs().sum(1) == 0).float().mean(1)
+        out[f"dead_fraction/layer{i}"] = dead.float().mean(1)
         out[f"effective_rank/layer{i}"] = effective_rank(sv)
         out[f"stable_rank/layer{i}"] = stable_rank(sv)
     weights = net.weight_tensors()

@@ -111,7 +111,7 @@ class Engine:
         write_metrics(self.directory / "metrics.csv", self.seeds, self.records)
 
     # ----- training -----
-    def _step(self, task_index: int, step: int) -> None:
+    def _step(self, task_index: int, step: int, offset: int | None = None) -> None:
         x, y = self.task.batch(task_index, step)
         out, features = self.net(x)
         loss = self.task.loss(out, y)
@@ -123,17 +123,20 @@ class Engine:
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         self.optimizer.step()
-        global_step = task_index * self.protocol.steps_per_task + step
-        self.method.after_step(StepInfo(global_step, task_index, [f.detach() for f in features]))
+        offset = self.task.task_offset(task_index) if offset is None else offset
+        self.method.after_step(StepInfo(offset + step, task_index, [f.detach() for f in features]))
+        self.task.after_step(task_index, step, self.net, self.optimizer)
 
     def run(self, on_progress: Callable[[Progress], None] = lambda p: None) -> dict[str, Any]:
         p = self.protocol
         last_save = time.monotonic()
         started = time.monotonic() - self.wall_time
 
+        total = self.task.total_steps()
+
         def report():
-            on_progress(Progress(self.task_index, self.task_index * p.steps_per_task + self.step_in_task,
-                                 p.total_steps))
+            on_progress(Progress(self.task_index, self.task.task_offset(self.task_index) + self.step_in_task,
+                                 total))
 
         def maybe_checkpoint():
             nonlocal last_save
@@ -152,16 +155,18 @@ class Engine:
                 self.task.start_task(t)
                 if self.step_in_task == 0:
                     self.task_diagnostics = _numpy(diagnostics.measure(self.net, self.task.probe(t)))
+                    self.task.begin_task(t, self.net, self.optimizer)
                     self.method.on_task_start(t)
-                while self.step_in_task < p.steps_per_task:
-                    self._step(t, self.step_in_task)
+                offset, n_steps = self.task.task_offset(t), self.task.steps_in_task(t)
+                while self.step_in_task < n_steps:
+                    self._step(t, self.step_in_task, offset)
                     self.step_in_task += 1
                     if interrupted:
                         raise KeyboardInterrupt
                     if self.step_in_task % CHECK_EVERY == 0:
                         report()
                         maybe_checkpoint()
-                metric = self.task.end_task(t).detach().cpu().numpy()
+                metric = self.task.end_task(t, self.net).detach().cpu().numpy()
                 self.records.append({p.metric: metric, **self.task_diagnostics})
                 self.task_index, self.step_in_task = t + 1, 0
                 report()

@@ -47,9 +47,27 @@ class Task:
     def network(self) -> torch.nn.Module:
         raise NotImplementedError
 
+    def steps_in_task(self, task_index: int) -> int:
+        """Optimizer steps of task ``task_index`` (``steps_per_task`` unless the task grows)."""
+        return self.protocol.steps_per_task
+
+    def task_offset(self, task_index: int) -> int:
+        """Steps of all tasks before ``task_index``: the global index of its first step."""
+        return sum(self.steps_in_task(t) for t in range(task_index))
+
+    def total_steps(self) -> int:
+        return self.task_offset(self.protocol.n_tasks)
+
     def start_task(self, task_index: int) -> None:
         """Set up task ``task_index`` (its permutation, class pair, ...). Must be idempotent: the
         engine calls it again for the same index after resuming from a checkpoint."""
+
+    def begin_task(self, task_index: int, net: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Act on the learner once, before the task's first step (e.g. zero the output head)."""
+
+    def after_step(self, task_index: int, step: int, net: torch.nn.Module,
+                   optimizer: torch.optim.Optimizer) -> None:
+        """After every step (``step`` counts within the task): epoch ends, schedules, validation."""
 
     def batch(self, task_index: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
@@ -74,8 +92,9 @@ class Task:
         self._metric_sum += self.step_metric(out, y, loss).to(torch.float64)
         self._metric_steps += 1
 
-    def end_task(self, task_index: int) -> torch.Tensor:
-        """The task's metric per seed ``[S]``; resets the accumulator."""
+    def end_task(self, task_index: int, net: torch.nn.Module) -> torch.Tensor:
+        """The task's metric per seed ``[S]`` (here the mean of ``step_metric``; tasks measured on
+        held-out data evaluate ``net`` instead); resets the accumulator."""
         value = self._metric_sum / max(1, self._metric_steps)
         self._metric_sum = torch.zeros_like(self._metric_sum)
         self._metric_steps = 0

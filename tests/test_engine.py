@@ -119,9 +119,9 @@ def count_steps(monkeypatch):
     counter = {"n": 0}
     original = engine_mod.Engine._step
 
-    def step(self, task_index, step):
+    def step(self, task_index, step, offset=None):
         counter["n"] += 1
-        return original(self, task_index, step)
+        return original(self, task_index, step, offset)
 
     monkeypatch.setattr(engine_mod.Engine, "_step", step)
     return counter
