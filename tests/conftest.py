@@ -52,3 +52,42 @@ def offline(monkeypatch):
         raise DataUnavailable(f"Could not download {Path(dest).name} (network disabled in tests)")
 
     monkeypatch.setattr(mnist, "download_verified", fail)
+
+
+def write_tiny_imagenet32(root: Path, n_classes: int = 5, seed: int = 0) -> Path:
+    """An ImageNet 32x32 store of ``n_classes`` classes (700 uint8 images each), imported by
+    ``plastibench data import imagenet32`` from one batch file in the official pickle format;
+    returns the data root. Images are noise plus a bright 16x16 patch whose channel and quadrant
+    depend on the class, so any two classes are separable. Not the official checksums: use
+    ``verify=False`` / ``--no-verify``."""
+    import pickle
+
+    from plastibench.data.imagenet32 import import_imagenet32
+
+    g = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(1, n_classes + 1), 700)
+    g.shuffle(labels)
+    src = Path(root) / "imagenet32-src"
+    src.mkdir(parents=True, exist_ok=True)
+    images = g.integers(0, 100, (len(labels), 3, 32, 32), dtype=np.uint8)
+    for c in range(n_classes):
+        quadrant = (c // 3) % 4
+        rows, cols = slice(16 * (quadrant // 2), 16 * (quadrant // 2) + 16), slice(16 * (quadrant % 2), 16 * (quadrant % 2) + 16)
+        images[labels == c + 1, c % 3, rows, cols] += 150
+    data = images.reshape(len(labels), 3072)
+    with open(src / "train_data_batch_1", "wb") as f:
+        pickle.dump({"data": data, "labels": labels.tolist(), "mean": data.mean(0)}, f, protocol=2)
+    import_imagenet32(src, Path(root) / "data", verify=False)
+    return Path(root) / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_imagenet32(tmp_path_factory) -> Path:
+    """Data root holding a 5-class ImageNet 32x32 store in ``<root>/imagenet32/`` (unverified)."""
+    return write_tiny_imagenet32(tmp_path_factory.mktemp("imagenet32"))
+
+
+@pytest.fixture(scope="session")
+def imagenet32_writer():
+    """:func:`write_tiny_imagenet32`, for tests that need their own store or source files."""
+    return write_tiny_imagenet32

@@ -1,0 +1,160 @@
+"""``cimagenet``: class pairs tiled from a per-seed order, epochs, zeroed head, held-out test accuracy,
+and the user path ``data import imagenet32`` -> ``run --task cimagenet`` on official-format files."""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from plastibench.cli import app
+from plastibench.data.imagenet32 import load_imagenet32_store
+from plastibench.engine import Engine
+from plastibench.method import Method
+from plastibench.registry import METHODS, TASKS
+from plastibench.results import run_config
+
+CPU = torch.device("cpu")
+SMOKE = TASKS.get("cimagenet").protocol("smoke")
+
+
+def make_task(data_dir, seeds=(0, 1, 2), protocol=SMOKE):
+    return TASKS.get("cimagenet")(protocol, torch.tensor(seeds), data_dir=data_dir, verify=False)
+
+
+def store_images(data_dir) -> torch.Tensor:
+    store = load_imagenet32_store(data_dir, verify=False)
+    return torch.from_numpy(np.stack([store.images(c) for c in store.classes]))
+
+
+def test_task_t_uses_the_pair_2t_2t_plus_1_of_the_tiled_order(tiny_imagenet32):
+    task = make_task(tiny_imagenet32)
+    n = task.order.shape[1]
+    assert n == 5 and all(sorted(row.tolist()) == list(range(5)) for row in task.order)
+    assert not torch.equal(task.order[0], task.order[1])  # each seed its own order
+    for t in (0, 1, 2, 7):
+        task.start_task(t)
+        want = torch.stack([task.order[:, (2 * t) % n], task.order[:, (2 * t + 1) % n]], 1)
+        assert torch.equal(task.pair, want)
+    # with 5 classes task 2 pairs the last class with the first: the tiling of the reference
+    task.start_task(2)
+    assert torch.equal(task.pair, task.order[:, [4, 0]])
+
+
+def test_an_epoch_shows_every_training_image_once_with_its_label(tiny_imagenet32):
+    task = make_task(tiny_imagenet32)
+    images = store_images(tiny_imagenet32).float() * (1 / 255)
+    task.start_task(1)
+    per_epoch = 2 * 50 // SMOKE.batch_size
+    xs, ys = zip(*(task.batch(1, step) for step in range(per_epoch)))
+    x, y = torch.cat(xs, 1), torch.cat(ys, 1)
+    for s in range(3):
+        pair = task.pair[s]
+        expected = torch.cat([images[pair[0], :50], images[pair[1], :50]])
+        # the same 100 images, each once, in a shuffled order, with label = position in the pair
+        assert sorted(map(tuple, x[s].flatten(1).tolist())) == sorted(map(tuple, expected.flatten(1).tolist()))
+        for label in (0, 1):
+            got = x[s][y[s] == label].flatten(1)
+            want = images[pair[label], :50].flatten(1)
+            assert torch.equal(torch.sort(got.sum(1)).values, torch.sort(want.sum(1)).values)
+    second = torch.cat([task.batch(1, step)[1] for step in range(per_epoch, 2 * per_epoch)], 1)
+    assert not torch.equal(second, y)  # reshuffled every epoch
+
+
+class RecordHead(Method):
+    """Backprop that records the output layer's |W| + |b| when each task starts."""
+
+    seen: list = []
+
+    def on_task_start(self, task_index):
+        head = self.run.net.fc3
+        RecordHead.seen.append((head.weight.abs().sum() + head.bias.abs().sum()).item())
+
+
+def run(data_dir, method_cls, hparams=None, protocol=SMOKE, seeds=(0, 1), tmp=None):
+    engine = Engine(method_cls, hparams or {}, TASKS.get("cimagenet"), protocol, list(seeds), device=CPU,
+                    directory=tmp, config=run_config("bp", hparams or {}, protocol, list(seeds)),
+                    data_dir=data_dir, verify=False)
+    engine.run()
+    return engine
+
+
+def test_the_head_is_zeroed_at_every_task_start_and_then_learns(tiny_imagenet32, tmp_path):
+    RecordHead.seen = []
+    engine = run(tiny_imagenet32, RecordHead, tmp=tmp_path)
+    assert RecordHead.seen == [0.0, 0.0, 0.0]
+    assert engine.net.fc3.weight.abs().sum() > 0
+
+
+def test_metric_is_test_accuracy_on_the_held_out_rows(tiny_imagenet32):
+    task = make_task(tiny_imagenet32, seeds=(0, 1))
+    net = task.network()
+    images = store_images(tiny_imagenet32).float() * (1 / 255)
+    task.start_task(3)
+    got = task.end_task(3, net)
+    for s in range(2):
+        net_s_correct = 0
+        for label in (0, 1):
+            x = images[task.pair[s, label], 600:620]  # test rows start at 600
+            full = x.unsqueeze(0).expand(2, -1, -1, -1, -1)
+            with torch.no_grad():
+                out, _ = net(full)
+            net_s_correct += (out[s].argmax(-1) == label).sum().item()
+        assert got[s].item() == pytest.approx(net_s_correct / 40)
+
+
+def test_backprop_learns_separable_pairs(tiny_imagenet32, tmp_path):
+    longer = dataclasses.replace(SMOKE, n_tasks=2, steps_per_task=120)
+    engine = run(tiny_imagenet32, METHODS.get("bp"), protocol=longer, tmp=tmp_path)
+    assert np.all(engine.records[-1]["test_accuracy"] >= 0.9), engine.records
+
+
+def test_the_reference_class_order_is_used_when_it_covers_the_store(tiny_imagenet32):
+    task = make_task(tiny_imagenet32, seeds=(0, 4))
+    ref = np.stack([np.random.default_rng(r).permutation(5) for r in range(3)])
+    store = SimpleNamespace(classes=(0, 1, 2, 3, 4), class_order=ref)
+    order, source = task._class_order(store, True)
+    assert source == "reference class_order[seed]"
+    assert order.tolist() == [ref[0].tolist(), ref[4 % 3].tolist()]
+    _, source = task._class_order(SimpleNamespace(classes=(0, 1, 2, 3, 7), class_order=ref), True)
+    assert source == "permutation keyed by seed"
+
+
+# --------------------------------------------------------------------------------------------
+# the user path, through the CLI
+# --------------------------------------------------------------------------------------------
+
+def invoke(*args):
+    return CliRunner().invoke(app, list(args), env={"COLUMNS": "250"})
+
+
+def test_import_then_run_bp_and_cbp_on_the_smoke_protocol(tmp_path, imagenet32_writer):
+    root = imagenet32_writer(tmp_path, n_classes=4)  # also writes the official-format source
+    data = tmp_path / "fresh"
+    result = invoke("data", "import", "imagenet32", str(tmp_path / "imagenet32-src"), "--data-dir", str(data),
+                    "--no-verify")
+    assert result.exit_code == 0, result.output
+    assert (data / "imagenet32" / "manifest.json").is_file() and root.exists()
+    result = invoke("run", "--method", "bp,cbp", "--task", "cimagenet", "--protocol", "smoke", "--seeds", "0-1",
+                    "--device", "cpu", "--data-dir", str(data), "--no-verify", "--out", str(tmp_path / "runs"))
+    assert result.exit_code == 0, result.output
+    summaries = sorted((tmp_path / "runs").rglob("summary.yaml"))
+    assert len(summaries) == 2
+    env = yaml.safe_load((summaries[0].parent / "environment.yaml").read_text())
+    record = env["data"]["imagenet32"]
+    assert record["classes"] == 4 and record["verified"] is False and record["input_scale"] == 1 / 255
+
+
+def test_missing_store_exits_1_naming_the_import_commands(tmp_path):
+    result = invoke("run", "--method", "bp", "--task", "cimagenet", "--protocol", "smoke", "--device", "cpu",
+                    "--data-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "runs"))
+    assert result.exit_code == 1
+    text = " ".join(result.output.split())
+    assert "Traceback" not in text and "plastibench data import imagenet32" in text
+    assert "image-net.org" in text
