@@ -58,7 +58,8 @@ class Engine:
         self.checkpoint_every = checkpoint_every
         seed_tensor = torch.tensor(self.seeds, dtype=torch.int64, device=device)
         self.task = task_cls(protocol, seed_tensor, data_dir=data_dir, verify=verify)
-        self.ctx = RunContext(seeds=seed_tensor, task=protocol.task, protocol=protocol)
+        self.ctx = RunContext(seeds=seed_tensor, task=protocol.task, protocol=protocol,
+                              network_factory=self.task.network)
         self.method = method_cls(hparams, self.ctx)
         self.net = self.method.configure_network(self.task.network())
         self.ctx.net = self.net

@@ -16,7 +16,7 @@ Every tensor has a leading seed axis; a method must act on all seeds at once (ma
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
 import torch
 import yaml
@@ -26,13 +26,16 @@ from .protocol import OptimizerSpec, Protocol
 
 @dataclass
 class RunContext:
-    """What a method may read: seeds ``[S]`` (on the device), the protocol, the net and optimizer."""
+    """What a method may read: seeds ``[S]`` (on the device), the protocol, the net and optimizer,
+    and ``network_factory(seeds)``, which builds the task's network initialised from other keys
+    (resets draw fresh parameters with it)."""
 
     seeds: torch.Tensor
     task: str
     protocol: Protocol
     net: torch.nn.Module | None = None
     optimizer: torch.optim.Optimizer | None = None
+    network_factory: Callable[[torch.Tensor], torch.nn.Module] | None = None
 
 
 @dataclass

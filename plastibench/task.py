@@ -44,7 +44,9 @@ class Task:
         return cls.protocols[name]
 
     # ----- what a task implements -----
-    def network(self) -> torch.nn.Module:
+    def network(self, seeds: torch.Tensor | None = None) -> torch.nn.Module:
+        """The seed-batched network, initialised from ``seeds`` (default: the run's seeds; resets
+        draw a fresh network from other keys)."""
         raise NotImplementedError
 
     def steps_in_task(self, task_index: int) -> int:

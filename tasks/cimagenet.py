@@ -108,8 +108,8 @@ class ContinualImageNet(Task):
             return torch.as_tensor(table, dtype=torch.int64, device=self.device), "reference class_order[seed]"
         return rng.permutation(self.seeds, 0, "cimagenet/class_order", n), "permutation keyed by seed"
 
-    def network(self):
-        return BatchedConvNet(self.seeds, num_classes=CLASSES_PER_TASK)
+    def network(self, seeds=None):
+        return BatchedConvNet(self.seeds if seeds is None else seeds, num_classes=CLASSES_PER_TASK)
 
     # ----- the stream -----
     def start_task(self, task_index):

@@ -63,10 +63,10 @@ class PermutedMNIST(Task):
         self.pixels = torch.arange(_PIXELS, device=self.device).expand(s, -1).clone()
         self.order = torch.arange(len(self.labels), device=self.device).expand(s, -1).clone()
 
-    def network(self):
+    def network(self, seeds=None):
         cfg = self.protocol.settings
         sizes = (_PIXELS, *[cfg["width"]] * cfg["hidden_layers"], cfg["classes"])
-        return BatchedMLP(MLPSpec(sizes, cfg["activation"]), self.seeds)
+        return BatchedMLP(MLPSpec(sizes, cfg["activation"]), self.seeds if seeds is None else seeds)
 
     def start_task(self, task_index):
         if task_index < self.current:

@@ -77,9 +77,10 @@ class SlowlyChangingRegression(Task):
         self.tau = cfg["beta"] * (self.m + 1) - s_count
         self._period = None
 
-    def network(self):
+    def network(self, seeds=None):
         cfg = self.protocol.settings
-        return BatchedMLP(MLPSpec((self.m, cfg["hidden"], 1), cfg["activation"]), self.seeds)
+        seeds = self.seeds if seeds is None else seeds
+        return BatchedMLP(MLPSpec((self.m, cfg["hidden"], 1), cfg["activation"]), seeds)
 
     def target(self, x: torch.Tensor) -> torch.Tensor:
         """The LTU target net's output ``[S, B, 1]`` for inputs ``x[S, B, m]``."""
