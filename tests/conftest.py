@@ -91,3 +91,31 @@ def tiny_imagenet32(tmp_path_factory) -> Path:
 def imagenet32_writer():
     """:func:`write_tiny_imagenet32`, for tests that need their own store or source files."""
     return write_tiny_imagenet32
+
+
+def write_tiny_cifar100(root: Path, train_per_class: int = 8, test_per_class: int = 2, seed: int = 0) -> Path:
+    """CIFAR-100 in the official python-pickle layout (``<root>/cifar-100-python/{train,test,meta}``)
+    with ``train_per_class`` / ``test_per_class`` random uint8 images of each of the 100 classes, in
+    shuffled file order; returns ``root``. Not the official checksums: use ``verify=False``."""
+    import pickle
+
+    g = np.random.default_rng(seed)
+    folder = Path(root) / "cifar-100-python"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, per_class in (("train", train_per_class), ("test", test_per_class)):
+        labels = np.repeat(np.arange(100), per_class)
+        g.shuffle(labels)
+        data = g.integers(0, 256, (len(labels), 3072), dtype=np.uint8)
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": data, "fine_labels": labels.tolist(), "coarse_labels": [0] * len(labels)}, f,
+                        protocol=2)
+    with open(folder / "meta", "wb") as f:
+        pickle.dump({"fine_label_names": [f"class_{i}" for i in range(100)],
+                     "coarse_label_names": [f"super_{i}" for i in range(20)]}, f, protocol=2)
+    return Path(root)
+
+
+@pytest.fixture(scope="session")
+def tiny_cifar100(tmp_path_factory) -> Path:
+    """Data root holding a CIFAR-100 of 8 training and 2 test images per class (unverified)."""
+    return write_tiny_cifar100(tmp_path_factory.mktemp("cifar100") / "data")

@@ -103,7 +103,8 @@ def _missing_message(root: Path, missing: list[str], urls: Sequence[str], failur
         lines.append(f"Downloading is disabled; allow it (plastibench data fetch cifar100) to fetch "
                      f"{', '.join(urls)}.")
     else:
-        lines.append(f"Downloading failed:\n{failure}")
+        lines.append(f"Downloading failed:\n{failure}\nWhen the network is back, fetch it with: "
+                     f"plastibench data fetch cifar100 --data-dir {root}")
     lines += [
         f"Or download {urls[0]} yourself and put {ARCHIVE} in {root} (it is extracted there), "
         f"or extract it so that {folder}/train, test and meta exist.",

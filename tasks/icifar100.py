@@ -1,0 +1,242 @@
+"""Class-incremental CIFAR-100 (``icifar100``), the Nature paper's hardest experiment.
+
+Restated from ``lop/incremental_cifar/incremental_cifar_experiment.py`` of
+``shibhansh/loss-of-plasticity`` (Dohare et al., Nature 2024, Fig. 2). Data: the official
+CIFAR-100 python files (``<data-dir>/cifar-100-python/``, downloaded from the official URL with
+checksum checks when missing). Per class, the first 50 training images in file order are the
+validation set and the other 450 the training set; the test set is the official one.
+
+Stream, per seed: a counter-based permutation of the 100 classes; increment t (t = 0..19) trains on
+the first 5(t+1) classes of it. Per increment: 200 epochs over its training images, reshuffled every
+epoch, mini-batch 90; SGD momentum 0.9, coupled weight decay 5e-4, learning rate 0.1, 0.02, 0.004,
+0.0008 from epochs 0, 60, 120, 160 of the increment (momentum buffers are never reset). Images are
+scaled to [0, 1] and normalised per channel, then flipped, reflect-pad cropped and rotated at random
+(``plastibench.augment``); the reference augments the test loader too, so the ``paper`` protocol
+does (``augment_test``). The logits are restricted to the classes seen so far, the label of a class
+is its position in the seed's order, and the loss is the cross-entropy over those logits. Network:
+the reference's ResNet-18 (``plastibench.vision.BatchedResNet18``, 100 outputs, BatchNorm).
+
+Early stopping, as the reference: after every epoch the network is evaluated (eval mode) on the
+validation images of the seen classes; each seed keeps a copy of its network (parameters and BN
+statistics) from the epoch with the best validation accuracy so far in the increment (strictly
+better replaces it); at the end of the increment each seed's network is restored from that copy
+(the optimizer state is not). The metric is the test accuracy of the restored network on the test
+images of the seen classes, at the end of every increment. (The reference's plots take the maximum
+over the increment's epochs of the per-epoch test accuracy; we do not evaluate the test set every
+epoch, which would add a test pass per epoch and select on the test set.)
+
+Protocols: ``paper`` is the reference's 20 increments of 200 epochs (1 050 000 steps); ``short``
+keeps every setting and stops after 10 increments (50 classes, 275 000 steps), the part of the
+paper's Fig. 2 where backprop's gap to a freshly trained network opens; ``smoke`` is 3 increments
+of 2 classes, 2 epochs and 6 training images per class on a ResNet-18 of stage widths 4/8/8/16, for
+tests.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from plastibench import rng
+from plastibench.augment import augment_cifar, normalize_cifar100
+from plastibench.data.cifar100 import load_cifar100
+from plastibench.data.paths import DataUnavailable
+from plastibench.evaluate import accuracy, chunks
+from plastibench.protocol import OptimizerSpec, Protocol
+from plastibench.registry import register_task
+from plastibench.task import Task
+from plastibench.vision import BatchedResNet18
+
+_SGD = OptimizerSpec(name="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4)
+N_CLASSES = 100
+LR_MILESTONES = (60, 120, 160)
+LR_FACTOR = 0.2
+
+
+def _protocol(name: str, n_tasks: int, epochs: int, description: str, *, classes_per_task: int = 5,
+              batch: int = 90, train_per_class: int = 450, val_per_class: int = 50, probe: int = 500,
+              seeds: int = 10, widths: tuple[int, ...] = BatchedResNet18.WIDTHS) -> Protocol:
+    if classes_per_task * train_per_class % batch:
+        raise ValueError("an increment's training images must fill whole mini-batches")
+    steps_first = epochs * classes_per_task * train_per_class // batch
+    return Protocol(task="icifar100", name=name, version=1, n_tasks=n_tasks, steps_per_task=steps_first,
+                    batch_size=batch, optimizer=_SGD, metric="test_accuracy", higher_is_better=True,
+                    probe_size=probe, default_seeds=seeds, description=description,
+                    settings={"classes_per_task": classes_per_task, "epochs": epochs,
+                              "train_per_class": train_per_class, "val_per_class": val_per_class,
+                              "lr_milestones": list(LR_MILESTONES), "lr_factor": LR_FACTOR,
+                              "early_stopping": True, "augment_test": True, "eval_batch": 100,
+                              "widths": list(widths)})
+
+
+@register_task("icifar100")
+class IncrementalCIFAR100(Task):
+    summary = "class-incremental CIFAR-100: 20 increments of 5 classes, ResNet-18, 200 epochs each"
+    plot_bin_tasks = 1
+    protocols = {
+        "paper": _protocol("paper", 20, 200, "the reference's 20 increments of 5 classes, 200 epochs each"),
+        "short": _protocol("short", 10, 200, "the first 10 increments (50 classes), as the paper"),
+        "smoke": _protocol("smoke", 3, 2, "seconds, for tests", classes_per_task=2, batch=6, train_per_class=6,
+                           val_per_class=2, probe=8, seeds=2, widths=(4, 8, 8, 16)),
+    }
+
+    def __init__(self, protocol, seeds, **kwargs):
+        super().__init__(protocol, seeds, **kwargs)
+        cfg = protocol.settings
+        if cfg["classes_per_task"] * protocol.n_tasks > N_CLASSES:
+            raise ValueError(f"{protocol.n_tasks} increments of {cfg['classes_per_task']} exceed 100 classes")
+        data = load_cifar100(self.data_dir, verify=self.verify)
+        self.data = {"cifar100": {"sha256": data.sha256, "verified": data.verified}}
+        val, train = self._split(data.train_labels, cfg["val_per_class"], cfg["train_per_class"])
+        test = self._per_class(data.test_labels, np.bincount(data.test_labels, minlength=N_CLASSES).min())
+        dev = self.device
+        self.train_images = torch.from_numpy(data.train_images).to(dev)  # uint8 [50000, 3, 32, 32]
+        self.test_images = torch.from_numpy(data.test_images).to(dev)
+        self.val_index, self.train_index = torch.from_numpy(val).to(dev), torch.from_numpy(train).to(dev)
+        self.test_index = torch.from_numpy(test).to(dev)  # [100, per class] image indexes
+        self.order = rng.permutation(seeds, 0, "icifar100/class_order", N_CLASSES)
+        self.seen = 0
+        self._epoch_key, self._epoch_order = None, None
+        self.best_accuracy, self.best_state = None, None
+
+    @staticmethod
+    def _per_class(labels: np.ndarray, count: int) -> np.ndarray:
+        """``[100, count]``: the indexes of each class's first ``count`` images, in file order."""
+        if count == 0 or np.bincount(labels, minlength=N_CLASSES).min() < count:
+            raise DataUnavailable("CIFAR-100 files hold too few images per class for this protocol; "
+                                  "delete <data-dir>/cifar-100-python so that they are fetched again.")
+        return np.stack([np.flatnonzero(labels == c)[:count] for c in range(N_CLASSES)])
+
+    def _split(self, labels, n_val: int, n_train: int) -> tuple[np.ndarray, np.ndarray]:
+        rows = self._per_class(labels, n_val + n_train)
+        return rows[:, :n_val], rows[:, n_val:]
+
+    def network(self, seeds=None):
+        return BatchedResNet18(self.seeds if seeds is None else seeds, num_classes=N_CLASSES,
+                               widths=tuple(self.protocol.settings["widths"]))
+
+    # ----- the stream -----
+    def steps_per_epoch(self, task_index: int) -> int:
+        cfg = self.protocol.settings
+        return (task_index + 1) * cfg["classes_per_task"] * cfg["train_per_class"] // self.protocol.batch_size
+
+    def steps_in_task(self, task_index):
+        return self.protocol.settings["epochs"] * self.steps_per_epoch(task_index)
+
+    def start_task(self, task_index):
+        self.seen = (task_index + 1) * self.protocol.settings["classes_per_task"]
+
+    def _lr(self, epoch: int) -> float:
+        cfg = self.protocol.settings
+        drops = sum(epoch >= m for m in cfg["lr_milestones"])
+        return round(self.protocol.optimizer.lr * cfg["lr_factor"] ** drops, 5)  # as the reference rounds
+
+    def _set_lr(self, optimizer, epoch: int) -> None:
+        for group in optimizer.param_groups:
+            group["lr"] = self._lr(epoch)
+
+    def begin_task(self, task_index, net, optimizer):
+        self._set_lr(optimizer, 0)
+        self.best_accuracy, self.best_state = None, None
+
+    def _images(self, images: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return normalize_cifar100(images[index])
+
+    def _labelled(self, table: torch.Tensor, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Example ``flat[S, B]`` of the seen classes' ``table[100, n]`` -> (image index, label)."""
+        n = table.shape[1]
+        label = flat // n
+        cls = self.order.gather(1, label)
+        return table[cls, flat % n], label
+
+    def _epoch(self, task_index: int, epoch: int) -> torch.Tensor:
+        if self._epoch_key != (task_index, epoch):
+            n = self.seen * self.protocol.settings["train_per_class"]
+            step = task_index * (self.protocol.settings["epochs"] + 1) + epoch
+            self._epoch_order = rng.permutation(self.seeds, step, "icifar100/epoch", n)
+            self._epoch_key = (task_index, epoch)
+        return self._epoch_order
+
+    def batch(self, task_index, step):
+        b = self.protocol.batch_size
+        epoch, k = divmod(step, self.steps_per_epoch(task_index))
+        index, label = self._labelled(self.train_index, self._epoch(task_index, epoch)[:, k * b:(k + 1) * b])
+        x = self._images(self.train_images, index)
+        global_step = self.task_offset(task_index) + step
+        return augment_cifar(x, self.seeds, global_step, "icifar100/augment/train"), label
+
+    def select(self, out: torch.Tensor) -> torch.Tensor:
+        """Logits of the classes seen so far, in the seed's class order: ``[S, B, seen]``."""
+        cols = self.order[:, :self.seen]
+        return out.gather(2, cols.unsqueeze(1).expand(-1, out.shape[1], -1))
+
+    def loss(self, out, y):
+        logits = self.select(out)
+        s, b, c = logits.shape
+        return F.cross_entropy(logits.reshape(s * b, c), y.reshape(-1), reduction="none").view(s, b).mean(1)
+
+    def _held_out(self, images, table, per_class: int, augment_key: int | None):
+        """Batches of every seen class's ``per_class`` images of ``table``, optionally augmented."""
+        s = self.seeds.numel()
+        flat = torch.arange(self.seen * per_class, device=self.device).expand(s, -1)
+        for i, part in enumerate(chunks(flat.shape[1], self.protocol.settings["eval_batch"])):
+            index, label = self._labelled(table[:, :per_class], flat[:, part])
+            x = self._images(images, index)
+            if augment_key is not None:
+                x = augment_cifar(x, self.seeds, augment_key * 10_000 + i, "icifar100/augment/test")
+            yield x, label
+
+    # ----- validation, early stopping, test -----
+    def after_step(self, task_index, step, net, optimizer):
+        per_epoch = self.steps_per_epoch(task_index)
+        if (step + 1) % per_epoch:
+            return
+        epoch = (step + 1) // per_epoch  # the epoch about to start
+        cfg = self.protocol.settings
+        if cfg["early_stopping"]:
+            val = accuracy(net, self._held_out(self.train_images, self.val_index, cfg["val_per_class"], None),
+                           self.select)
+            self._keep_best(net, val)
+        if epoch < cfg["epochs"]:
+            self._set_lr(optimizer, epoch)
+
+    @torch.no_grad()
+    def _keep_best(self, net: torch.nn.Module, val: torch.Tensor) -> None:
+        state = net.state_dict()
+        if self.best_state is None:
+            self.best_accuracy = val.clone()
+            self.best_state = {k: v.detach().clone() for k, v in state.items()}
+            return
+        better = val > self.best_accuracy
+        self.best_accuracy = torch.where(better, val, self.best_accuracy)
+        for k, v in state.items():
+            mask = better.view(-1, *[1] * (v.dim() - 1))
+            self.best_state[k].copy_(torch.where(mask, v, self.best_state[k]))
+
+    def end_task(self, task_index, net):
+        super().end_task(task_index, net)
+        cfg = self.protocol.settings
+        if cfg["early_stopping"] and self.best_state is not None:
+            with torch.no_grad():
+                for k, v in net.state_dict().items():
+                    v.copy_(self.best_state[k])
+        key = task_index if cfg["augment_test"] else None
+        per_class = self.test_index.shape[1]
+        return accuracy(net, self._held_out(self.test_images, self.test_index, per_class, key), self.select)
+
+    def probe(self, task_index):
+        cfg = self.protocol.settings
+        batches = self._held_out(self.train_images, self.val_index, cfg["val_per_class"], None)
+        x = torch.cat([x for x, _ in batches], 1)
+        return x[:, :self.protocol.probe_size]
+
+    def data_record(self):
+        return self.data
+
+    def state_dict(self):
+        return {**super().state_dict(), "best_accuracy": self.best_accuracy, "best_state": self.best_state}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.best_accuracy, self.best_state = state["best_accuracy"], state["best_state"]
