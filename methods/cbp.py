@@ -2,11 +2,12 @@
 
 Dohare, Hernandez-Garcia, Lan, Rahman, Mahmood & Sutton, "Loss of plasticity in deep continual
 learning", Nature 632:768-774 (2024). Restated from the reference code
-(``shibhansh/loss-of-plasticity``, ``lop/algos/gnt.py`` for MLPs, ``convGnT.py`` for conv nets).
+(``shibhansh/loss-of-plasticity``, ``lop/algos/gnt.py`` for MLPs, ``convGnT.py`` for conv nets,
+``res_gnt.py`` for the CIFAR ResNet-18). Two variants, chosen by ``variant``:
 
-Update rule, after each optimizer step, for every hidden layer l with units j (h = the unit's
-activations in this step's forward pass, W_in / W_out its incoming / outgoing weights, η the decay
-rate, all per seed):
+**"gnt"** (GnT / ConvGnT: ``scr``, ``pmnist``, ``cimagenet``). After each optimizer step, for every
+hidden layer l with units j (h = the unit's activations in this step's forward pass, W_in / W_out its
+incoming / outgoing weights, η the decay rate, all per seed):
 
     age_j += 1;            c_j = 1 − η^age_j                       (Adam-style bias correction)
     a_j  ← η·a_j + (1−η)·mean_batch(h_j);      f_j = a_j / c_j      (mean activation)
@@ -17,7 +18,7 @@ rate, all per seed):
     E    = { j : age_j > m }                                        (mature units)
     k    = "accumulate": r += ρ·|E|; k = ⌊r⌋; r −= k                  (Permuted MNIST)
            "bernoulli":  k = 1 w.p. ρ·|E| if ρ·|E| < 1, else ⌊ρ·|E|⌋  (SCR, PPO)
-           "layer":      once |E| > 0, r += ρ·n_l; k = ⌊r⌋; r −= k    (ConvGnT, Continual ImageNet)
+           "layer":      once |E| > 0, r += ρ·n_l; k = ⌊r⌋; r −= k    (ConvGnT, ResGnT)
     the k units of E with the smallest û (ties: lowest index) get
     W_in[j] ~ U(±b_l), bias_j = 0, W_out[:, j] = 0, u_j = a_j = 0, age_j = 0.
 
@@ -33,7 +34,41 @@ Conv layers follow ConvGnT (``lop/algos/convGnT.py``): a channel's activations a
 the batch and the pooled map's positions, mean|W_out| runs over the next conv's (out, kh, kw);
 for the last conv, whose channel c feeds the flattened inputs 4c..4c+3 of the first linear layer,
 the product mean|W_out[:, p]|·mean_batch|h_p − f_c| is taken per input p and then averaged over
-the 4, and outgoing weights 4c..4c+3 are zeroed. (ResGnT, the ResNet variant, is not here yet.)
+the 4, and outgoing weights 4c..4c+3 are zeroed.
+
+**"resgnt"** (ResGnT, ``lop/algos/res_gnt.py``: ``icifar100``). Hidden layers are the ResNet-18's 17
+convs other than the downsample ones, each with the BatchNorm that follows it (``unit_groups()``).
+After each optimizer step, per hidden layer, per unit j:
+
+    age_j += 1
+    M_j  ← M_j + (1−η)·mean_{batch,positions}|h_j|      NO decay factor: a scaled running sum,
+                                                         never reset, also not for a replaced unit
+    E    = { j : age_j > m };  k by ``count_rule`` (ResGnT's own is "layer", above)
+    y_j  = mean|W_out[:, j]| · M_j                       utility "contribution" (no EMA, no bias
+         = mean|W_out[:, j]|                             "weight"                 correction)
+    the k units of E with the smallest y (ties: lowest index) get
+    W_in[j] ~ N(0, gain²/fan_in) (ReLU gain √2: Kaiming-normal, fan_in = in·kh·kw), bias_j = 0,
+    W_out[:, j] = 0, age_j = 0, and their BatchNorm channel weight 1, bias 0, running mean 0,
+    running variance 1.
+
+mean|W_out[:, j]| runs over the next conv's (out, kh, kw), or the fc's rows. ResGnT computes y only
+in a step where k > 0 (its stored utility is overwritten whole before every use, so nothing carries
+over); we compute it every step, without a host sync, and use it only where k > 0: the same choices.
+The new-unit init is ResGnT's only one, so this variant requires ``init`` "kaiming_normal" (and gnt
+refuses it); utilities other than contribution/weight do not exist in ResGnT and are refused, as is
+``next_bias_correction`` (ResGnT has no bias correction).
+
+Which feature feeds which layer, as ResGnT (feature i with hidden layer i, ``BatchedResNet18.forward``):
+the stem's ReLU output (stem conv); per block the post-bn1 ReLU output (its conv1) and the block's
+output relu(bn2(conv2(·)) + identity) (its conv2: the residual sum, not the conv's own output); for
+the last conv the reference passes the average-pooled [S, B, 512] vector instead of the map. Since
+that map is a ReLU output (≥ 0), mean_batch|pooled| equals mean_{batch,positions}|h|, so the last
+layer is measured as the others. Oddities of the reference that we keep: the outgoing weights of
+the stem conv and of a block's conv2 are only the next conv1's input channel, while the next block's
+identity path or downsample conv still reads the unit (so a new unit, with its BN reset to weight 1,
+is not silent there); downsample convs are never replaced; a new unit inherits its predecessor's
+M_j (it cannot be chosen again before age m). Where k exceeds |E| the
+reference's ``topk`` would raise; we replace all of E.
 
 Deliberate choices where the reference code departs from the paper (each offered as an option):
 
@@ -43,15 +78,21 @@ Deliberate choices where the reference code departs from the paper (each offered
   the paper's correction b_next += W_out[:, j]·f_j (fully connected next layers only).
 * ``reset_optimizer_state`` (default off = reference): the reference resets state only with its
   AdamGnT optimizer, which no shipped config uses; SGD momentum and torch-Adam moments are never
-  touched. True zeroes every per-element optimizer state of the unit's incoming and outgoing
-  weights. (AdamGnT's own update, lr·(1−β2^t)·m/(√v+ε), is not standard Adam; we use torch's.)
+  touched (ResGnT never resets any). True zeroes every per-element optimizer state of the unit's
+  incoming and outgoing weights (and of its BN weight and bias). (AdamGnT's own update,
+  lr·(1−β2^t)·m/(√v+ε), is not standard Adam; we use torch's.)
 * SCR's config sets ``maturity_threshold`` 100 but ``expr.py`` ignores it and runs m = 10: the
   ``scr`` default is 10, what ran; pass ``--set maturity_threshold=100`` for the config's value.
 
 Per-task defaults (reference configs): ``scr`` ρ = 1e-4 (from the sweep 1e-6…1e-2 in
 ``cfg/sgd/cbp/relu.json``), m = 10, η = 0.99, adaptable contribution, Bernoulli count, kaiming
 init; ``pmnist`` ρ = 1e-6 (the setting plotted in ``plots/all_metrics.py``), m = 100, η = 0.99,
-adaptable contribution, accumulated count, kaiming init.
+adaptable contribution, accumulated count, kaiming init; ``cimagenet`` (``lop/imagenet/cfg/cbp.json``,
+``single_expr.py`` passes ``init='default'``) gnt, ρ = 3e-4, m = 100, η = 0.99, adaptable
+contribution, layer count, default init (U(±√(1/fan_in)) for linear units; convs use it anyway);
+``icifar100`` (``lop/incremental_cifar/cfg/continual_backpropagation.json``; η = 0.99 and ReLU are
+fixed in ``incremental_cifar_experiment.py``) resgnt, ρ = 1e-5, m = 1000, η = 0.99, contribution,
+layer count, kaiming-normal init.
 """
 
 from __future__ import annotations
@@ -62,7 +103,7 @@ import torch
 
 from plastibench import rng
 from plastibench.method import HyperparameterError, Method, StepInfo
-from plastibench.nn import init_bound
+from plastibench.nn import gain, init_bound
 from plastibench.registry import register_method
 from plastibench.units import UnitGroup
 
@@ -78,6 +119,14 @@ def _unit_view(h: torch.Tensor, group: UnitGroup) -> torch.Tensor:
     if g > 1:
         return h.view(s, h.shape[1], n, g).transpose(1, 2)
     return h.movedim(2, 1).reshape(s, n, -1, 1)
+
+
+def _mean_magnitude(h: torch.Tensor, group: UnitGroup) -> torch.Tensor:
+    """mean |h_j| over the batch and every position of unit j, ``[S, n]``, from ``[S, B, n, *spatial]``
+    or ``[S, B, n·g]`` (a flattened conv output), without copying the activations."""
+    h = h.detach()
+    h = h.reshape(h.shape[0], h.shape[1], group.n_units, -1)
+    return torch.linalg.vector_norm(h, 1, dim=(1, 3)) / (h.shape[1] * h.shape[3])
 
 
 def _bound(init: str, group: UnitGroup) -> float:
@@ -110,21 +159,52 @@ class ContinualBackprop(Method):
         "init": "kaiming",
         "next_bias_correction": False,
         "reset_optimizer_state": False,
+        "variant": "gnt",
     }
     task_defaults = {
         "scr": {"replacement_rate": 1e-4, "maturity_threshold": 10, "utility": "adaptable_contribution",
                 "count_rule": "bernoulli", "init": "kaiming"},
         "pmnist": {"replacement_rate": 1e-6, "maturity_threshold": 100, "utility": "adaptable_contribution",
                    "count_rule": "accumulate", "init": "kaiming"},
+        "cimagenet": {"variant": "gnt", "replacement_rate": 3e-4, "maturity_threshold": 100, "decay_rate": 0.99,
+                      "utility": "adaptable_contribution", "count_rule": "layer", "init": "default"},
+        "icifar100": {"variant": "resgnt", "replacement_rate": 1e-5, "maturity_threshold": 1000, "decay_rate": 0.99,
+                      "utility": "contribution", "count_rule": "layer", "init": "kaiming_normal"},
     }
     choices = {
-        "utility": ("contribution", "zero_contribution", "adaptable_contribution"),
+        "variant": ("gnt", "resgnt"),
+        "utility": ("contribution", "zero_contribution", "adaptable_contribution", "weight"),
         "count_rule": ("accumulate", "bernoulli", "layer"),
-        "init": ("kaiming", "default", "lecun", "xavier"),
+        "init": ("kaiming", "default", "lecun", "xavier", "kaiming_normal"),
     }
 
+    def __init__(self, hparams, run):
+        # hyperparameters not given (e.g. ``variant`` by callers written before it existed) take the defaults
+        super().__init__({**self.defaults, **hparams}, run)
+
+    def _check_variant(self) -> None:
+        hp = self.hp
+        if hp["variant"] == "resgnt":
+            if hp["utility"] not in ("contribution", "weight"):
+                raise HyperparameterError(f"variant resgnt (ResGnT) has the utilities contribution and weight, "
+                                          f"not {hp['utility']!r}")
+            if hp["init"] != "kaiming_normal":
+                raise HyperparameterError(f"variant resgnt draws new units from N(0, gain²/fan_in): set "
+                                          f"init=kaiming_normal (got {hp['init']!r})")
+            if hp["next_bias_correction"]:
+                raise HyperparameterError("variant resgnt (ResGnT) has no next-layer bias correction")
+        else:
+            if hp["utility"] == "weight":
+                raise HyperparameterError("utility weight belongs to variant resgnt (ConvGnT has none)")
+            if hp["init"] == "kaiming_normal":
+                raise HyperparameterError("init kaiming_normal belongs to variant resgnt; gnt draws uniforms "
+                                          "(kaiming, default, lecun, xavier)")
+
     def configure_network(self, net):
+        self._check_variant()
         self.groups: list[UnitGroup] = net.unit_groups()
+        if self.hp["variant"] == "resgnt":
+            return self._configure_resgnt(net)
         if self.hp["next_bias_correction"] and any(
                 g.outgoing_weight.param.dim() != 3 or g.outgoing_weight.group != 1 for g in self.groups):
             raise HyperparameterError("next_bias_correction is defined for fully connected next layers only; "
@@ -151,9 +231,34 @@ class ContinualBackprop(Method):
         ]
         return net
 
+    def _configure_resgnt(self, net):
+        s, dev = self.run.seeds.numel(), self.run.seeds.device
+        self.state = [
+            {
+                "age": torch.zeros(s, g.n_units, dtype=torch.int64, device=dev),
+                "feature_mag": torch.zeros(s, g.n_units, device=dev),
+                "pending": torch.zeros(s, dtype=torch.float64, device=dev),
+            }
+            for g in self.groups
+        ]
+        rate, rule = self.hp["replacement_rate"], self.hp["count_rule"]
+        self.draws = [
+            {
+                "count": rng.Block(self.run.seeds, f"cbp/{g.name}/count", ()),
+                "init": rng.Block(self.run.seeds, f"cbp/{g.name}/normal", (max_replacements(rate, g.n_units, rule),
+                                  g.fan_in), rng.normal, length=16,  # big layers draw K·fan_in per step
+                                  std=gain(g.activation) * math.sqrt(1.0 / g.fan_in)),
+            }
+            for g in self.groups
+        ]
+        return net
+
     @torch.no_grad()
     def after_step(self, info: StepInfo) -> None:
         if self.hp["replacement_rate"] == 0:
+            return
+        if self.hp["variant"] == "resgnt":
+            self._resgnt_step(info)
             return
         chosen = [self._test(group, _unit_view(h, group), state, draws, info.step)
                   for group, h, state, draws in zip(self.groups, info.features, self.state, self.draws)]
@@ -212,6 +317,30 @@ class ContinualBackprop(Method):
         replaced = torch.zeros_like(state["age"], dtype=torch.bool).scatter_(1, idx, valid)
         for name in ("util", "mean_act", "age"):
             state[name].masked_fill_(replaced, 0)
+
+    def _resgnt_step(self, info: StepInfo) -> None:
+        """ResGnT: test every layer on the post-step weights, then replace layer by layer."""
+        eta, step = self.hp["decay_rate"], info.step
+        K = [max_replacements(self.hp["replacement_rate"], g.n_units, self.hp["count_rule"]) for g in self.groups]
+        chosen = []
+        for group, h, state, draws, k_max in zip(self.groups, info.features, self.state, self.draws, K):
+            state["age"] += 1
+            state["feature_mag"].add_((1 - eta) * _mean_magnitude(h, group))  # no decay: a running sum
+            eligible = state["age"] > self.hp["maturity_threshold"]
+            n_eligible = eligible.sum(1)
+            k = torch.minimum(self._count(group, n_eligible, state, draws["count"].at(step)), n_eligible)
+            util = group.outgoing_magnitude()
+            if self.hp["utility"] == "contribution":
+                util = util * state["feature_mag"]
+            key = torch.where(eligible, util, torch.full_like(util, math.inf))
+            idx = torch.sort(key, dim=1, stable=True).indices[:, :k_max]
+            chosen.append((idx, torch.arange(k_max, device=idx.device) < k.unsqueeze(1)))
+        for group, state, draws, (idx, valid) in zip(self.groups, self.state, self.draws, chosen):
+            group.reinitialise(idx, valid, draws["init"].at(step))  # W_in ~ N, bias 0, W_out 0, BN reset
+            if self.hp["reset_optimizer_state"]:
+                group.reset_optimizer_state(self.run.optimizer, idx, valid)
+            replaced = torch.zeros_like(state["age"], dtype=torch.bool).scatter_(1, idx, valid)
+            state["age"].masked_fill_(replaced, 0)  # feature_mag is kept, as ResGnT
 
     def state_dict(self):
         return {"layers": [{k: v.clone() for k, v in s.items()} for s in self.state]}
