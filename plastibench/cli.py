@@ -19,6 +19,7 @@ from .cli_common import fail
 from .cli_contrib import new_method_command, plot_command
 from .cli_data import data_app
 from .cli_leaderboard import compare_command, leaderboard_app
+from .compose import describe
 from .data.paths import DataUnavailable
 from .registry import METHODS, TASKS, UnknownName
 from .runner import UsageError, execute, plan, parse_overrides, resolve_device
@@ -52,7 +53,8 @@ def main(version: Annotated[bool, typer.Option("--version", callback=_version, i
 
 @app.command()
 def run(
-    method: Annotated[str, typer.Option("--method", "-m", help="Method name(s), comma-separated: bp,cbp. "
+    method: Annotated[str, typer.Option("--method", "-m", help="Method name(s), comma-separated: bp,cbp; "
+                                        "join with + to combine methods: cbp+l2. "
                                         "`plastibench list methods` shows them.")],
     task: Annotated[str, typer.Option("--task", "-t", help="Task stream, e.g. scr or pmnist.")],
     protocol: Annotated[str, typer.Option("--protocol", "-p", help="paper (default), short or smoke; "
@@ -204,7 +206,7 @@ def list_(what: Annotated[What, typer.Argument(help="methods, tasks or protocols
 def _lookup(registry, name: str):
     try:
         return registry.get(name)
-    except UnknownName as exc:
+    except (UnknownName, UsageError) as exc:  # UsageError: a composition that cannot be (cbp+l2)
         raise fail(str(exc.args[0]), 2)
 
 
@@ -219,7 +221,7 @@ def show_method(name: str):
     cls = _lookup(METHODS, name)
     console = Console()
     console.print(f"[bold]{name}[/]: {cls.summary}\n[italic]{cls.paper}[/]\n")
-    console.print(_module_doc(cls), highlight=False, markup=False)
+    console.print(describe(cls), highlight=False, markup=False)
     tasks = ["(any)"] + TASKS.names()
     table = Table(title="default hyperparameters per task")
     for col in ["hyperparameter"] + tasks:

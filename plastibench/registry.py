@@ -73,7 +73,24 @@ class Registry(Generic[T]):
         return self._origin[name].startswith(self.package + ".")
 
 
-METHODS: Registry = Registry("method", "plastibench.methods", "plastibench.methods")
+class MethodRegistry(Registry):
+    """The method registry; ``get("cbp+l2")`` also answers compositions (``plastibench.compose``)."""
+
+    def get(self, name: str):
+        if "+" in name:
+            from .compose import compose
+            return compose(name)
+        return super().get(name)
+
+    def in_tree(self, name: str) -> bool:
+        """A composition is in-tree when every part is."""
+        if "+" in name:
+            self.get(name)
+            return all(super(MethodRegistry, self).in_tree(part.strip()) for part in name.split("+"))
+        return super().in_tree(name)
+
+
+METHODS: Registry = MethodRegistry("method", "plastibench.methods", "plastibench.methods")
 TASKS: Registry = Registry("task", "plastibench.tasks", "plastibench.tasks")
 register_method = METHODS.register
 register_task = TASKS.register

@@ -35,24 +35,39 @@ def parse_seeds(text: str | None, default_count: int) -> list[int]:
 
 
 def parse_overrides(items: Sequence[str], methods: Sequence[str]) -> dict[str, dict[str, str]]:
-    """``KEY=VALUE`` (every method that has KEY) or ``METHOD.KEY=VALUE`` -> per-method overrides."""
+    """``KEY=VALUE`` (every method that has KEY) or ``METHOD.KEY=VALUE`` -> per-method overrides.
+
+    A composition (``cbp+l2``) takes ``cbp+l2.cbp.KEY``, ``cbp.KEY`` and an unqualified ``KEY`` that
+    exactly one of its parts has; ``cbp.KEY`` also reaches a plain ``cbp`` run beside it.
+    """
+    from .compose import accepts
+
     out: dict[str, dict[str, str]] = {m: {} for m in methods}
     for item in items:
         key, eq, value = item.partition("=")
         if not eq or not key:
             raise UsageError(f"--set {item!r}: write KEY=VALUE or METHOD.KEY=VALUE")
-        target, dot, name = key.rpartition(".")
-        if dot:
-            if target not in out:
-                raise UsageError(f"--set {item!r}: method {target!r} is not among --method {','.join(methods)}")
-            out[target][name] = value
+        takers = []
+        for m in methods:
+            if key.startswith(m + "."):
+                out[m][key[len(m) + 1:]] = value
+                takers.append(m)
+                continue
+            cls = METHODS.get(m)
+            try:
+                # a composition takes PART.KEY for each of its parts (a wrong KEY is reported by it)
+                if accepts(cls, key) or key.partition(".")[0] in {p.name for p in getattr(cls, "parts", ())}:
+                    out[m][key] = value
+                    takers.append(m)
+            except ValueError as exc:
+                raise UsageError(f"--set {item!r}: {exc}") from None
+        if takers:
             continue
-        takers = [m for m in methods if key in METHODS.get(m).hparameter_names()]
-        if not takers:
-            raise UsageError(f"--set {item!r}: none of {', '.join(methods)} has a hyperparameter {key!r}; "
-                             "`plastibench show method NAME` lists them")
-        for m in takers:
-            out[m][key] = value
+        target, dot, _ = key.partition(".")
+        if dot:
+            raise UsageError(f"--set {item!r}: method {target!r} is not among --method {','.join(methods)}")
+        raise UsageError(f"--set {item!r}: none of {', '.join(methods)} has a hyperparameter {key!r}; "
+                         "`plastibench show method NAME` lists them")
     return out
 
 

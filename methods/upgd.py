@@ -1,0 +1,135 @@
+"""Utility-based perturbed gradient descent (``upgd``): protect useful weights, perturb the others.
+
+Elsayed & Mahmood, "Addressing loss of plasticity and catastrophic forgetting in continual
+learning", ICLR 2024 (arXiv:2404.00781). Restated from the official code
+(``mohmdelsayed/upgd``, ``core/optim/weight_upgd/first_order.py::FirstOrderGlobalUPGD``, the
+"UPGD-W" learner ``upgd_fo_global`` of the paper's experiments). It replaces the protocol's
+optimizer.
+
+Update rule, every step t, for every weight or bias element θ with gradient g (all per seed):
+
+    u  ← β·u + (1−β)·(−g·θ)                    first-order utility trace, θ before the step
+    M  = max u over every element of every parameter of this seed's network   ("global" max)
+    ū  = sigmoid( (u / (1−β^t)) / M )            scaled utility in (0, 1)
+    θ  ← (1 − η·λ)·θ − η·(g + σ·ξ)·(1 − ū),      ξ ~ N(0, 1) per element and step
+
+A weight of high utility (ū → 1) is left nearly untouched (no gradient step, no noise); a weight of
+low utility (ū → 0) takes the full gradient step plus noise. Weight decay λ acts on every
+parameter, biases included.
+
+Pinned where sources disagree:
+
+* The step is η, as the code that produced the paper's numbers; the README's snippet steps by 2η
+  (``alpha=-2.0*lr``).
+* The max M is taken over the *uncorrected* traces u while the numerator is bias-corrected,
+  exactly as the code. The max is per seed, over that seed's parameters only, so seeds stay
+  independent; the code's network is one seed.
+* Where every trace of a seed is 0 (e.g. all gradients zero on the first step) the code divides
+  0 by 0 and writes NaN into the weights; we take that ratio as 0 (ū = ½). Everywhere the code is
+  finite this is the code's value.
+* ξ comes from ``plastibench.rng`` keyed by (seed, the optimizer's step count t, parameter name),
+  not from torch's global generator: seed k alone equals seed k beside others, and resume is exact.
+
+Optimizer-state policy: the traces u and the step count live in the optimizer's per-parameter state
+and are checkpointed with it; UPGD resets nothing itself. Composed with a unit re-initialiser
+(``cbp+upgd`` with ``reset_optimizer_state``) the traces of the re-initialised weights are zeroed,
+so those weights get ū = ½ until their traces grow again. The protocol's SGD settings (step size,
+momentum, weight decay) are not used: UPGD has its own η and λ and no momentum. A task that sets the
+step size itself (``icifar100``'s schedule writes the protocol's rates into every parameter group)
+overrides η.
+
+Defaults: the official repository's final settings for FirstOrderGlobalUPGD
+(``experiments/statistics_*.py``, ``upgd2_grid``, the runs behind the paper's figures); UPGD was
+not run on our streams, so each of ours takes the settings of the nearest UPGD problem:
+
+* ``pmnist`` and ``scr`` (and the generic defaults): input-permuted MNIST (an MLP whose inputs
+  change), η = 0.01, β = 0.9999, σ = 0.1, λ = 0.01 (``statistics_input_permuted_mnist.py``);
+* ``cimagenet`` and ``icifar100``: label-permuted CIFAR-10 (a conv net), η = 0.01, β = 0.999,
+  σ = 0.001, λ = 0 (``statistics_output_permuted_cifar10.py``).
+
+These are transfers, not values tuned on our streams. The repository's search grids
+(``experiments/<problem>.py``) span η ∈ {1e-2…1e-5} and λ ∈ {0, 1e-1…1e-4}.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from plastibench import rng
+from plastibench.method import Method
+from plastibench.registry import register_method
+
+
+class UPGDOptimizer(torch.optim.Optimizer):
+    """First-order, global-max UPGD on seed-batched parameters ``[S, ...]``.
+
+    ``purposes[i]`` names the i-th parameter (over all groups, in order) for its noise draws.
+    """
+
+    def __init__(self, params, seeds: torch.Tensor, purposes: list[str], lr: float, weight_decay: float,
+                 beta_utility: float, sigma: float):
+        defaults = dict(lr=lr, weight_decay=weight_decay, beta_utility=beta_utility, sigma=sigma)
+        super().__init__(params, defaults)
+        self.seeds = seeds
+        flat = [p for group in self.param_groups for p in group["params"]]
+        if len(purposes) != len(flat):
+            raise ValueError(f"{len(purposes)} names for {len(flat)} parameters")
+        self._noise = {id(p): rng.Block(seeds, f"upgd/{name}", tuple(p.shape[1:]), rng.normal)
+                       for p, name in zip(flat, purposes)}
+
+    @staticmethod
+    def _per_seed(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return x.view(-1, *([1] * (like.dim() - 1)))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        live = [(group, p) for group in self.param_groups for p in group["params"] if p.grad is not None]
+        if not live:
+            return loss
+        maxima = []
+        for group, p in live:
+            state = self.state[p]
+            if not state:
+                state["step"] = 0
+                state["utility"] = torch.zeros_like(p)
+            state["step"] += 1
+            beta = group["beta_utility"]
+            state["utility"].mul_(beta).add_(-p.grad * p, alpha=1 - beta)
+            maxima.append(state["utility"].flatten(1).amax(1))
+        global_max = torch.stack(maxima).amax(0)  # [S]: per seed, over all of its parameters
+        for group, p in live:
+            state = self.state[p]
+            lr, beta, sigma = group["lr"], group["beta_utility"], group["sigma"]
+            corrected = state["utility"] / (1 - beta ** state["step"])
+            ratio = corrected / self._per_seed(global_max, p)
+            ratio = torch.where(corrected == 0, torch.zeros_like(ratio), ratio)
+            gate = 1 - torch.sigmoid(ratio)
+            direction = p.grad if sigma == 0 else p.grad + sigma * self._noise[id(p)].at(state["step"])
+            p.mul_(1 - lr * group["weight_decay"]).add_(direction * gate, alpha=-lr)
+        return loss
+
+
+@register_method("upgd")
+class UPGD(Method):
+    claims = frozenset({"optimizer", "weight_decay"})
+    summary = "utility-gated perturbed SGD: useful weights are protected, the others get noisy steps"
+    paper = ("Elsayed & Mahmood, Addressing loss of plasticity and catastrophic forgetting in continual "
+             "learning, ICLR 2024")
+    defaults = {"lr": 0.01, "beta_utility": 0.9999, "sigma": 0.1, "weight_decay": 0.01}
+    task_defaults = {
+        "scr": {"lr": 0.01, "beta_utility": 0.9999, "sigma": 0.1, "weight_decay": 0.01},
+        "pmnist": {"lr": 0.01, "beta_utility": 0.9999, "sigma": 0.1, "weight_decay": 0.01},
+        "cimagenet": {"lr": 0.01, "beta_utility": 0.999, "sigma": 0.001, "weight_decay": 0.0},
+        "icifar100": {"lr": 0.01, "beta_utility": 0.999, "sigma": 0.001, "weight_decay": 0.0},
+    }
+
+    def build_optimizer(self, params, spec):
+        names = {id(p): n for n, p in self.run.net.named_parameters()} if self.run.net is not None else {}
+        purposes = [names.get(id(p), f"param{i}") for i, p in enumerate(params)]
+        return UPGDOptimizer(params, self.run.seeds, purposes, lr=self.hp["lr"],
+                             weight_decay=self.hp["weight_decay"], beta_utility=self.hp["beta_utility"],
+                             sigma=self.hp["sigma"])
