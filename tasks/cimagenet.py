@@ -28,7 +28,7 @@ Protocols: ``paper`` is the reference's 5000 tasks (15 M steps). ``short`` keeps
 the first 1000 tasks (3 M steps): the paper's backprop curve (Fig. 1b, step size 0.01) peaks within
 the first few hundred tasks and has fallen well below its peak by task 1000, so the decline is
 visible at a fifth of the cost (at the GPU rates of docs/benchmarks.md, a few GPU-hours for 10
-seeds). ``smoke`` is 3 tasks of 8 steps on 50 training and 20 test images per class, for tests.
+seeds). ``smoke`` is 3 tasks of 8 steps on 20 training and 20 test images per class, for tests.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ class ContinualImageNet(Task):
         "paper": _protocol("paper", 5000, 250, "the reference's 5000 tasks of 250 epochs"),
         "short": _protocol("short", 1000, 250, "the first 1000 tasks, every other setting as the paper",
                            seeds=10),
-        "smoke": _protocol("smoke", 3, 2, "seconds, for tests", batch=25, train_per_class=50,
+        "smoke": _protocol("smoke", 3, 2, "seconds, for tests", batch=10, train_per_class=20,
                            test_per_class=20, probe=20, seeds=2),
     }
 

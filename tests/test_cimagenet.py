@@ -51,17 +51,17 @@ def test_an_epoch_shows_every_training_image_once_with_its_label(tiny_imagenet32
     task = make_task(tiny_imagenet32)
     images = store_images(tiny_imagenet32).float() * (1 / 255)
     task.start_task(1)
-    per_epoch = 2 * 50 // SMOKE.batch_size
+    per_epoch = 2 * 20 // SMOKE.batch_size
     xs, ys = zip(*(task.batch(1, step) for step in range(per_epoch)))
     x, y = torch.cat(xs, 1), torch.cat(ys, 1)
     for s in range(3):
         pair = task.pair[s]
-        expected = torch.cat([images[pair[0], :50], images[pair[1], :50]])
-        # the same 100 images, each once, in a shuffled order, with label = position in the pair
+        expected = torch.cat([images[pair[0], :20], images[pair[1], :20]])
+        # the same 40 images, each once, in a shuffled order, with label = position in the pair
         assert sorted(map(tuple, x[s].flatten(1).tolist())) == sorted(map(tuple, expected.flatten(1).tolist()))
         for label in (0, 1):
             got = x[s][y[s] == label].flatten(1)
-            want = images[pair[label], :50].flatten(1)
+            want = images[pair[label], :20].flatten(1)
             assert torch.equal(torch.sort(got.sum(1)).values, torch.sort(want.sum(1)).values)
     second = torch.cat([task.batch(1, step)[1] for step in range(per_epoch, 2 * per_epoch)], 1)
     assert not torch.equal(second, y)  # reshuffled every epoch
