@@ -5,7 +5,7 @@ learning", Nature 632:768-774 (2024). Restated from the reference code
 (``shibhansh/loss-of-plasticity``, ``lop/algos/gnt.py`` for MLPs, ``convGnT.py`` for conv nets,
 ``res_gnt.py`` for the CIFAR ResNet-18). Two variants, chosen by ``variant``:
 
-**"gnt"** (GnT / ConvGnT: ``scr``, ``pmnist``, ``cimagenet``). After each optimizer step, for every
+**"gnt"** (GnT / ConvGnT: ``scr``, ``pmnist``, ``cimagenet``). Update rule, after each optimizer step, for every
 hidden layer l with units j (h = the unit's activations in this step's forward pass, W_in / W_out its
 incoming / outgoing weights, η the decay rate, all per seed):
 
@@ -38,7 +38,7 @@ the 4, and outgoing weights 4c..4c+3 are zeroed.
 
 **"resgnt"** (ResGnT, ``lop/algos/res_gnt.py``: ``icifar100``). Hidden layers are the ResNet-18's 17
 convs other than the downsample ones, each with the BatchNorm that follows it (``unit_groups()``).
-After each optimizer step, per hidden layer, per unit j:
+Update rule, after each optimizer step, per hidden layer, per unit j:
 
     age_j += 1
     M_j  ← M_j + (1−η)·mean_{batch,positions}|h_j|      NO decay factor: a scaled running sum,

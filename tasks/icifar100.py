@@ -9,7 +9,8 @@ validation set and the other 450 the training set; the test set is the official 
 Stream, per seed: a counter-based permutation of the 100 classes; increment t (t = 0..19) trains on
 the first 5(t+1) classes of it. Per increment: 200 epochs over its training images, reshuffled every
 epoch, mini-batch 90; SGD momentum 0.9, coupled weight decay 5e-4, learning rate 0.1, 0.02, 0.004,
-0.0008 from epochs 0, 60, 120, 160 of the increment (momentum buffers are never reset). Images are
+0.0008 from epochs 0, 60, 120, 160 of the increment (momentum buffers are never reset; a method
+with its own optimizer and rate follows the same schedule from its rate). Images are
 scaled to [0, 1] and normalised per channel, then flipped, reflect-pad cropped and rotated at random
 (``plastibench.augment``); the reference augments the test loader too, so the ``paper`` protocol
 does (``augment_test``). The logits are restricted to the classes seen so far, the label of a class
@@ -127,14 +128,19 @@ class IncrementalCIFAR100(Task):
     def start_task(self, task_index):
         self.seen = (task_index + 1) * self.protocol.settings["classes_per_task"]
 
-    def _lr(self, epoch: int) -> float:
+    def _lr(self, epoch: int, base: float | None = None) -> float:
+        """The rate of ``epoch``: ``base`` (the protocol's 0.1) times 0.2 per milestone passed,
+        cleaned to 10 significant digits (the reference rounds 0.1·0.2 to 0.02)."""
         cfg = self.protocol.settings
         drops = sum(epoch >= m for m in cfg["lr_milestones"])
-        return round(self.protocol.optimizer.lr * cfg["lr_factor"] ** drops, 5)  # as the reference rounds
+        base = self.protocol.optimizer.lr if base is None else base
+        return float(f"{base * cfg['lr_factor'] ** drops:.10g}")
 
     def _set_lr(self, optimizer, epoch: int) -> None:
+        """Every parameter group follows the schedule from its own first rate (a method that sets
+        its own rate, e.g. ``adam``, keeps it as the base), remembered in the group as ``base_lr``."""
         for group in optimizer.param_groups:
-            group["lr"] = self._lr(epoch)
+            group["lr"] = self._lr(epoch, group.setdefault("base_lr", group["lr"]))
 
     def begin_task(self, task_index, net, optimizer):
         self._set_lr(optimizer, 0)
