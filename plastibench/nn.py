@@ -9,12 +9,24 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
 from . import rng
-from .units import UnitGroup, UnitParam
+from .units import UnitGroup, UnitParam, UnitReset
+
+
+def crelu(x: torch.Tensor) -> torch.Tensor:
+    """Concatenated ReLU (Abbas et al. 2023) of ``x[S, B, n, *spatial]``: ``[S, B, 2n, *spatial]``.
+
+    The two halves are interleaved per unit: unit j's ``relu(x_j)`` is channel 2j and its
+    ``relu(-x_j)`` channel 2j+1, so a unit owns two consecutive inputs of the next layer
+    (``UnitParam(group=2)``; a flattened conv channel owns ``2·H·W`` consecutive inputs).
+    """
+    return torch.stack((torch.relu(x), torch.relu(-x)), dim=3).flatten(2, 3)
+
 
 ACTIVATIONS = {
     "relu": torch.relu,
@@ -23,12 +35,21 @@ ACTIVATIONS = {
     "leaky_relu": nn.functional.leaky_relu,
     "swish": nn.functional.silu,
     "elu": nn.functional.elu,
+    "crelu": crelu,
 }
 
 
+def width_factor(activation: str) -> int:
+    """Outputs per unit of an activation: 2 for CReLU, else 1 (the next layer's fan-in multiplier)."""
+    return 2 if activation == "crelu" else 1
+
+
 def gain(activation: str) -> float:
-    """Kaiming gain as in ``torch.nn.init.calculate_gain``; swish and elu use ReLU's, as the reference."""
-    if activation in ("relu", "swish", "elu"):
+    """Kaiming gain as in ``torch.nn.init.calculate_gain``; swish and elu use ReLU's, as the reference.
+
+    CReLU uses ReLU's √2 with the doubled fan-in: the 2n inputs ``relu(±z)`` carry E[h²] = Var(z)/2
+    each, so Var(w) = 2/(2n) keeps the next pre-activation's variance, as Kaiming does for ReLU."""
+    if activation in ("relu", "swish", "elu", "crelu"):
         return math.sqrt(2.0)
     if activation == "leaky_relu":
         return math.sqrt(2.0 / (1 + 0.01**2))
@@ -65,6 +86,73 @@ class BatchedLinear(nn.Module):
         return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.transpose(1, 2))
 
 
+class BatchedLayerNorm(nn.Module):
+    """LayerNorm per seed and example over one hidden layer's pre-activations ``x[S, B, n, *spatial]``.
+
+    ``y = (x − μ) / √(σ² + eps) · γ_j + β_j``, where μ and σ² (biased) are taken over the n units and,
+    for conv maps, all positions (as ``GroupNorm(1, n)``, i.e. torch's LayerNorm over ``(C, H, W)``
+    with per-channel affine); ``weight`` γ and ``bias`` β are ``[S, n]``, initially 1 and 0.
+    """
+
+    def __init__(self, n_seeds: int, n_units: int, eps: float = 1e-5, device=None):
+        super().__init__()
+        self.n_units, self.eps = n_units, eps
+        self.weight = nn.Parameter(torch.ones(n_seeds, n_units, device=device))
+        self.bias = nn.Parameter(torch.zeros(n_seeds, n_units, device=device))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        var, mean = torch.var_mean(x, dim=tuple(range(2, x.dim())), keepdim=True, correction=0)
+        shape = (x.shape[0], 1, self.n_units) + (1,) * (x.dim() - 3)
+        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight.view(shape) + self.bias.view(shape)
+
+    def unit_resets(self) -> tuple[UnitReset, ...]:
+        """Unit j's reset: gain 1, offset 0."""
+        return (UnitReset(UnitParam(self.weight, dim=1), 1.0), UnitReset(UnitParam(self.bias, dim=1), 0.0))
+
+
+class HiddenSites:
+    """Extension points at every hidden nonlinearity ("site") of a seed-batched net; off by default.
+
+    Site i is the nonlinearity of unit group i (``unit_groups()[i]``, with its ``n_units``). At site i
+    the net computes ``h = post_activation(i, act(pre_norms[i](z)))`` from the pre-activation z
+    (for nets with BatchNorm, z is the BN output, plus the skip at a residual join); each part is
+    skipped when unset, so the default path is the plain ``act(z)``. ``pre_norms`` is a
+    ``ModuleList`` (its parameters join the net's, in ``parameters()`` and ``state_dict()``);
+    ``post_activation(i, h)`` is any callable (it may read the net's ``training`` flag). A norm with
+    ``unit_resets()`` joins its unit group's ``norm`` resets.
+    """
+
+    def _init_sites(self, activation: str) -> None:
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; known: {sorted(ACTIVATIONS)}")
+        self.activation_name = activation
+        self.act = ACTIVATIONS[activation]
+        self.pre_norms: nn.ModuleList | None = None
+        self.post_activation: Callable[[int, torch.Tensor], torch.Tensor] | None = None
+
+    def set_pre_norms(self, norms: Sequence[nn.Module] | None) -> None:
+        """One module per site (or None to remove them)."""
+        if norms is not None and len(norms) != len(self.unit_groups()):
+            raise ValueError(f"{len(norms)} norms for {len(self.unit_groups())} sites")
+        self.pre_norms = None if norms is None else nn.ModuleList(norms)
+
+    def set_post_activation(self, fn: Callable[[int, torch.Tensor], torch.Tensor] | None) -> None:
+        self.post_activation = fn
+
+    def activate(self, i: int, z: torch.Tensor) -> torch.Tensor:
+        if self.pre_norms is not None:
+            z = self.pre_norms[i](z)
+        h = self.act(z)
+        if self.post_activation is not None:
+            h = self.post_activation(i, h)
+        return h
+
+    def site_resets(self, i: int) -> tuple[UnitReset, ...]:
+        """The re-initialisation values of site i's pre-activation norm, if it has any."""
+        norm = None if self.pre_norms is None else self.pre_norms[i]
+        return norm.unit_resets() if hasattr(norm, "unit_resets") else ()
+
+
 @dataclass(frozen=True)
 class MLPSpec:
     """Architecture of a fully connected net: ``sizes = (in, hidden..., out)``."""
@@ -73,22 +161,24 @@ class MLPSpec:
     activation: str = "relu"
 
 
-class BatchedMLP(nn.Module):
+class BatchedMLP(HiddenSites, nn.Module):
     """A seed-batched MLP with the reference's init (``lop/nets/deep_ffnn.py``, ``ffnn.py``).
 
     Hidden weights ~ U(±gain(act)·√(3/fan_in)) (Kaiming-uniform), output weights ~ U(±√(3/fan_in))
     (Kaiming-uniform with linear gain), all biases 0. ``forward`` returns the output and the list of
-    post-activation hidden representations, which methods and diagnostics read.
+    post-activation hidden representations, which methods and diagnostics read. ``sizes`` count
+    units (pre-activations); with ``crelu`` a layer after a hidden one reads twice its units.
+    Extension points: :class:`HiddenSites`.
     """
 
     def __init__(self, spec: MLPSpec, seeds: torch.Tensor):
         super().__init__()
         self.spec = spec
-        self.activation_name = spec.activation
-        self.act = ACTIVATIONS[spec.activation]
-        s = seeds.numel()
+        self._init_sites(spec.activation)
+        s, f = seeds.numel(), width_factor(spec.activation)
         self.layers = nn.ModuleList(
-            BatchedLinear(s, a, b, device=seeds.device) for a, b in zip(spec.sizes[:-1], spec.sizes[1:])
+            BatchedLinear(s, a * (f if i else 1), b, device=seeds.device)
+            for i, (a, b) in enumerate(zip(spec.sizes[:-1], spec.sizes[1:]))
         )
         with torch.no_grad():
             for i, layer in enumerate(self.layers):
@@ -100,13 +190,14 @@ class BatchedMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         features = []
-        for layer in self.layers[:-1]:
-            x = self.act(layer(x))
+        for i, layer in enumerate(self.layers[:-1]):
+            x = self.activate(i, layer(x))
             features.append(x)
         return self.layers[-1](x), features
 
     def unit_groups(self) -> list[UnitGroup]:
-        """Hidden layer i's units: rows of ``layers[i]`` in, columns of ``layers[i+1]`` out."""
+        """Hidden layer i's units: rows of ``layers[i]`` in, columns of ``layers[i+1]`` out (two
+        consecutive columns per unit with ``crelu``); a pre-activation norm's gain and offset."""
         return [
             UnitGroup(
                 name=f"layer{i}",
@@ -115,8 +206,9 @@ class BatchedMLP(nn.Module):
                 activation=self.activation_name,
                 incoming_weight=UnitParam(cur.weight, dim=1),
                 incoming_bias=UnitParam(cur.bias, dim=1),
-                outgoing_weight=UnitParam(nxt.weight, dim=2),
+                outgoing_weight=UnitParam(nxt.weight, dim=2, group=nxt.in_features // cur.out_features),
                 outgoing_bias=nxt.bias,
+                norm=self.site_resets(i),
             )
             for i, (cur, nxt) in enumerate(zip(self.layers[:-1], self.layers[1:]))
         ]

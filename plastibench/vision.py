@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import rng
-from .nn import BatchedLinear, gain, init_bound
+from .nn import BatchedLinear, HiddenSites, gain, init_bound, width_factor
 from .units import UnitGroup, UnitParam, UnitReset
 
 
@@ -97,19 +97,21 @@ def _fan_in(layer: WeightLayer) -> int:
     return layer.weight[0, 0].numel()
 
 
-def _unit_group(name: str, cur: WeightLayer, nxt: WeightLayer, norm: tuple[UnitReset, ...] = ()) -> UnitGroup:
+def _unit_group(name: str, cur: WeightLayer, nxt: WeightLayer, norm: tuple[UnitReset, ...] = (),
+                activation: str = "relu") -> UnitGroup:
     """The output units (channels) of ``cur``: rows of its weight in, ``nxt``'s weight dim 2 out.
 
-    When ``nxt`` reads a flattened conv output, channel j owns its ``H*W`` consecutive inputs.
+    When ``nxt`` reads a flattened conv output, channel j owns its ``H*W`` consecutive inputs (and
+    with CReLU, whose channels 2j and 2j+1 belong to unit j, its 2 or ``2*H*W`` consecutive inputs).
     """
     n = cur.weight.shape[1]
-    return UnitGroup(name=name, n_units=n, fan_in=_fan_in(cur), activation="relu",
+    return UnitGroup(name=name, n_units=n, fan_in=_fan_in(cur), activation=activation,
                      incoming_weight=UnitParam(cur.weight, dim=1), incoming_bias=UnitParam(cur.bias, dim=1),
                      outgoing_weight=UnitParam(nxt.weight, dim=2, group=nxt.weight.shape[2] // n),
                      outgoing_bias=nxt.bias, norm=norm)
 
 
-class BatchedConvNet(nn.Module):
+class BatchedConvNet(HiddenSites, nn.Module):
     """The Continual ImageNet ConvNet (``lop/nets/conv_net.py``), one per seed.
 
     conv 5x5 3->32, conv 3x3 32->64, conv 3x3 64->128 (no padding), each ReLU then 2x2 max-pool;
@@ -119,19 +121,27 @@ class BatchedConvNet(nn.Module):
     ``rng.uniform(seeds, 0, "init/<layer>/weight" | "init/<layer>/bias", ...)``.
     ``forward(x[S, B, 3, 32, 32])`` returns the logits and the reference's feature list: pooled ReLU
     conv1 and conv2 maps, the flattened pooled conv3 map ``[S, B, 512]``, ReLU fc1 and fc2.
+
+    Options (defaults give the paper's net): ``widths`` of conv1, conv2, conv3, fc1, fc2 (units =
+    pre-activation channels) and ``activation`` (``crelu`` doubles what the next layer reads);
+    extension points at the five nonlinearities: :class:`plastibench.nn.HiddenSites` (applied
+    before the max-pool).
     """
 
-    activation_name = "relu"
+    WIDTHS = (32, 64, 128, 128, 128)
 
-    def __init__(self, seeds: torch.Tensor, num_classes: int = 2):
+    def __init__(self, seeds: torch.Tensor, num_classes: int = 2, activation: str = "relu",
+                 widths: tuple[int, ...] = WIDTHS):
         super().__init__()
-        s, dev = seeds.numel(), seeds.device
-        self.conv1 = BatchedConv2d(s, 3, 32, 5, device=dev)
-        self.conv2 = BatchedConv2d(s, 32, 64, 3, device=dev)
-        self.conv3 = BatchedConv2d(s, 64, 128, 3, device=dev)
-        self.fc1 = BatchedLinear(s, 128 * 2 * 2, 128, device=dev)
-        self.fc2 = BatchedLinear(s, 128, 128, device=dev)
-        self.fc3 = BatchedLinear(s, 128, num_classes, device=dev)
+        self._init_sites(activation)
+        s, dev, f = seeds.numel(), seeds.device, width_factor(activation)
+        c1, c2, c3, h1, h2 = widths
+        self.conv1 = BatchedConv2d(s, 3, c1, 5, device=dev)
+        self.conv2 = BatchedConv2d(s, f * c1, c2, 3, device=dev)
+        self.conv3 = BatchedConv2d(s, f * c2, c3, 3, device=dev)
+        self.fc1 = BatchedLinear(s, f * c3 * 2 * 2, h1, device=dev)
+        self.fc2 = BatchedLinear(s, f * h1, h2, device=dev)
+        self.fc3 = BatchedLinear(s, f * h2, num_classes, device=dev)
         with torch.no_grad():
             for name, layer in self.named_children():
                 bound = init_bound("default", _fan_in(layer), 0, "relu")
@@ -140,11 +150,11 @@ class BatchedConvNet(nn.Module):
                     p.copy_(rng.uniform(seeds, 0, f"init/{name}/{kind}", tuple(p.shape[1:]), -bound, bound))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        x1 = batched_max_pool2d(torch.relu(self.conv1(x)))
-        x2 = batched_max_pool2d(torch.relu(self.conv2(x1)))
-        x3 = batched_flatten(batched_max_pool2d(torch.relu(self.conv3(x2))))
-        x4 = torch.relu(self.fc1(x3))
-        x5 = torch.relu(self.fc2(x4))
+        x1 = batched_max_pool2d(self.activate(0, self.conv1(x)))
+        x2 = batched_max_pool2d(self.activate(1, self.conv2(x1)))
+        x3 = batched_flatten(batched_max_pool2d(self.activate(2, self.conv3(x2))))
+        x4 = self.activate(3, self.fc1(x3))
+        x5 = self.activate(4, self.fc2(x4))
         return self.fc3(x5), [x1, x2, x3, x4, x5]
 
     def weight_layers(self) -> list[WeightLayer]:
@@ -154,7 +164,8 @@ class BatchedConvNet(nn.Module):
         """conv1, conv2, conv3 (channels; conv3's channel c owns fc1 columns 4c..4c+3), fc1, fc2."""
         layers = self.weight_layers()
         names = ["conv1", "conv2", "conv3", "fc1", "fc2"]
-        return [_unit_group(name, cur, nxt) for name, cur, nxt in zip(names, layers, layers[1:])]
+        return [_unit_group(name, cur, nxt, self.site_resets(i), self.activation_name)
+                for i, (name, cur, nxt) in enumerate(zip(names, layers, layers[1:]))]
 
     def weight_tensors(self) -> list[torch.Tensor]:
         """The conv and linear weights (no biases), for weight-magnitude diagnostics."""
@@ -162,29 +173,41 @@ class BatchedConvNet(nn.Module):
 
 
 class BatchedBasicBlock(nn.Module):
-    """torchvision's ``BasicBlock`` with biased convs (``lop/nets/torchvision_modified_resnet.py``)."""
+    """torchvision's ``BasicBlock`` with biased convs (``lop/nets/torchvision_modified_resnet.py``).
 
-    def __init__(self, n_seeds: int, inplanes: int, planes: int, stride: int = 1, device=None):
+    ``factor`` is the activation's outputs per channel (2 for CReLU): the convs, the downsample
+    included, read ``factor`` times the channels; an identity skip then adds the ReLU half
+    (channels 0, 2, 4, ...) of the interleaved CReLU input, i.e. exactly what a ReLU block's
+    identity adds. ``activate(i, z)`` (default ReLU) is the net's nonlinearity at site ``first + i``.
+    """
+
+    def __init__(self, n_seeds: int, inplanes: int, planes: int, stride: int = 1, device=None, factor: int = 1):
         super().__init__()
-        self.conv1 = BatchedConv2d(n_seeds, inplanes, planes, 3, stride, 1, device=device)
+        self.factor = factor
+        self.conv1 = BatchedConv2d(n_seeds, factor * inplanes, planes, 3, stride, 1, device=device)
         self.bn1 = BatchedBatchNorm2d(n_seeds, planes, device=device)
-        self.conv2 = BatchedConv2d(n_seeds, planes, planes, 3, 1, 1, device=device)
+        self.conv2 = BatchedConv2d(n_seeds, factor * planes, planes, 3, 1, 1, device=device)
         self.bn2 = BatchedBatchNorm2d(n_seeds, planes, device=device)
         self.downsample = None
         if stride != 1 or inplanes != planes:
-            self.downsample = nn.Sequential(BatchedConv2d(n_seeds, inplanes, planes, 1, stride, device=device),
-                                            BatchedBatchNorm2d(n_seeds, planes, device=device))
+            self.downsample = nn.Sequential(
+                BatchedConv2d(n_seeds, factor * inplanes, planes, 1, stride, device=device),
+                BatchedBatchNorm2d(n_seeds, planes, device=device))
 
-    def forward(self, x: torch.Tensor, features: list[torch.Tensor]) -> torch.Tensor:
-        out = torch.relu(self.bn1(self.conv1(x)))
+    def forward(self, x: torch.Tensor, features: list[torch.Tensor], activate=None, first: int = 0) -> torch.Tensor:
+        act = activate or (lambda i, z: torch.relu(z))
+        out = act(first, self.bn1(self.conv1(x)))
         features.append(out)
-        identity = x if self.downsample is None else self.downsample(x)
-        out = torch.relu(self.bn2(self.conv2(out)) + identity)
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        else:
+            identity = x if self.factor == 1 else x[:, :, ::self.factor]
+        out = act(first + 1, self.bn2(self.conv2(out)) + identity)
         features.append(out)
         return out
 
 
-class BatchedResNet18(nn.Module):
+class BatchedResNet18(HiddenSites, nn.Module):
     """The class-incremental CIFAR-100 ResNet-18 (``lop/nets/torchvision_modified_resnet.py``), one per seed.
 
     Stem conv 3x3 stride 1 pad 1 (64) + BN + ReLU, no max-pool; BasicBlocks [2, 2, 2, 2] of widths
@@ -196,21 +219,29 @@ class BatchedResNet18(nn.Module):
     switch the BNs between batch and running statistics. ``forward`` returns the logits and the
     reference's 17 features: the stem output, per block the post-bn1 ReLU and the post-residual ReLU
     outputs, the last of them replaced by the pooled ``[S, B, 512]`` vector.
+
+    Options (defaults give the paper's net): ``widths`` of the four stages (the stem has the first)
+    and ``activation`` (``crelu``: see :class:`BatchedBasicBlock` for the skip); extension points at
+    the 17 ReLUs (:class:`plastibench.nn.HiddenSites`): a site's pre-activation is the BN output,
+    at a block's second ReLU the BN output plus the skip.
     """
 
-    activation_name = "relu"
+    WIDTHS = (64, 128, 256, 512)
 
-    def __init__(self, seeds: torch.Tensor, num_classes: int = 100):
+    def __init__(self, seeds: torch.Tensor, num_classes: int = 100, activation: str = "relu",
+                 widths: tuple[int, ...] = WIDTHS):
         super().__init__()
-        s, dev = seeds.numel(), seeds.device
-        self.conv1 = BatchedConv2d(s, 3, 64, 3, 1, 1, device=dev)
-        self.bn1 = BatchedBatchNorm2d(s, 64, device=dev)
-        inplanes = 64
-        for i, (planes, stride) in enumerate(zip((64, 128, 256, 512), (1, 2, 2, 2)), start=1):
-            setattr(self, f"layer{i}", nn.Sequential(BatchedBasicBlock(s, inplanes, planes, stride, device=dev),
-                                                     BatchedBasicBlock(s, planes, planes, device=dev)))
+        self._init_sites(activation)
+        s, dev, f = seeds.numel(), seeds.device, width_factor(activation)
+        self.conv1 = BatchedConv2d(s, 3, widths[0], 3, 1, 1, device=dev)
+        self.bn1 = BatchedBatchNorm2d(s, widths[0], device=dev)
+        inplanes = widths[0]
+        for i, (planes, stride) in enumerate(zip(widths, (1, 2, 2, 2)), start=1):
+            setattr(self, f"layer{i}", nn.Sequential(
+                BatchedBasicBlock(s, inplanes, planes, stride, device=dev, factor=f),
+                BatchedBasicBlock(s, planes, planes, device=dev, factor=f)))
             inplanes = planes
-        self.fc = BatchedLinear(s, 512, num_classes, device=dev)
+        self.fc = BatchedLinear(s, f * widths[-1], num_classes, device=dev)
         with torch.no_grad():
             for name, m in self.named_modules():
                 if isinstance(m, (BatchedConv2d, BatchedLinear)):
@@ -221,10 +252,10 @@ class BatchedResNet18(nn.Module):
         return [m for m in self.modules() if isinstance(m, BatchedBasicBlock)]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        x = torch.relu(self.bn1(self.conv1(x)))
+        x = self.activate(0, self.bn1(self.conv1(x)))
         features = [x]
-        for block in self.blocks():
-            x = block(x, features)
+        for i, block in enumerate(self.blocks()):
+            x = block(x, features, self.activate, 1 + 2 * i)
         features[-1] = x.mean((3, 4))
         return self.fc(features[-1]), features
 
@@ -242,7 +273,8 @@ class BatchedResNet18(nn.Module):
             if isinstance(block, BatchedBasicBlock):
                 hidden += [(f"{name}.conv1", block.conv1, block.bn1), (f"{name}.conv2", block.conv2, block.bn2)]
         nxt = [conv for _, conv, _ in hidden[1:]] + [self.fc]
-        return [_unit_group(name, conv, after, bn.unit_resets()) for (name, conv, bn), after in zip(hidden, nxt)]
+        return [_unit_group(name, conv, after, bn.unit_resets() + self.site_resets(i), self.activation_name)
+                for i, ((name, conv, bn), after) in enumerate(zip(hidden, nxt))]
 
     def weight_tensors(self) -> list[torch.Tensor]:
         """Every conv weight (downsample included) and the fc weight, no biases or BN parameters.

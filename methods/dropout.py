@@ -1,0 +1,78 @@
+"""Dropout (``dropout``) on every hidden layer: the Nature paper's dropout baseline.
+
+Srivastava et al., "Dropout: a simple way to prevent neural networks from overfitting", JMLR 15
+(2014); a baseline of Dohare et al., Nature 632:768-774 (2024), which found that it does not
+prevent loss of plasticity.
+
+Rule (inverted dropout, as ``torch.nn.Dropout``): at every hidden nonlinearity ("site", one per
+unit group) of a network in train mode,
+
+    h ← h ⊙ m / (1 − p),   m_e ~ Bernoulli(1 − p) independently for every element e of h
+
+(every example of the batch, every unit, every position of a conv map), and h ← h in eval mode
+(``net.eval()``: tasks measure test accuracy and the diagnostics probe there, so nothing is
+dropped then). m_e = 1 iff u_e ≥ p with u = ``rng.uniform(seed, step, "dropout/site<i>",
+h.shape[1:])``, a pure function of (seed, global step, site, element): seed k alone draws what it
+draws beside other seeds, and a resumed run draws what the uninterrupted one does (the method's
+only state, the next step's index, is checkpointed). A second train-mode forward in the same step
+reuses that step's masks.
+
+Where: right after the activation, before any pooling, so on the ConvNet dropout acts on the
+conv maps before each max-pool and on fc1/fc2; on the ResNet-18 after each of the 17 ReLUs,
+i.e. inside the blocks and on the block outputs that also feed the skip paths. The dropped
+values are what the next layer reads and what the net returns as ``features`` (so CBP or ReDo
+composed with dropout see dropped activations in train mode). The output layer is not dropped.
+
+Defaults: p = 0.1 (unverified). shibhansh/loss-of-plasticity has no dropout configuration or code
+in any stored commit (all 59 commits of the snapshot searched), so p cannot be taken from the
+reference configs; 0.1 is our choice and must be checked against the paper's Methods and
+Extended Data Fig. 4b (dropout on Online Permuted MNIST, three p values plotted) before results
+are reported as the paper's setting. No optimizer state is touched; nothing is reset.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from plastibench import rng
+from plastibench.method import HyperparameterError, Method
+from plastibench.registry import register_method
+
+
+@register_method("dropout")
+class Dropout(Method):
+    claims = frozenset({"architecture"})
+    summary = "inverted dropout after every hidden nonlinearity in train mode (the paper's dropout baseline)"
+    paper = ("Srivastava et al., Dropout, JMLR 15:1929-1958 (2014); baseline of Dohare et al., "
+             "Nature 632:768-774 (2024)")
+    defaults = {"p": 0.1}
+
+    def configure_network(self, net):
+        p = self.hp["p"]
+        if not 0.0 <= p < 1.0:
+            raise HyperparameterError(f"p must be in [0, 1), got {p}")
+        self.net = net
+        self.next_step = 0
+        self.blocks: dict[tuple[int, tuple[int, ...]], rng.Block] = {}
+        net.set_post_activation(self._drop)
+        return net
+
+    def _drop(self, site: int, h: torch.Tensor) -> torch.Tensor:
+        p = self.hp["p"]
+        if not self.net.training or p == 0.0:
+            return h
+        shape = tuple(h.shape[1:])
+        block = self.blocks.get((site, shape))
+        if block is None:
+            block = self.blocks[site, shape] = rng.Block(self.run.seeds, f"dropout/site{site}", shape)
+        keep = block.at(self.next_step) >= p
+        return h * (keep.to(h.dtype) * (1.0 / (1.0 - p)))
+
+    def after_step(self, info):
+        self.next_step = info.step + 1
+
+    def state_dict(self):
+        return {"next_step": self.next_step}
+
+    def load_state_dict(self, state):
+        self.next_step = state["next_step"]
