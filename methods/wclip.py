@@ -38,8 +38,12 @@ paper calls the initialisation range s_l; the clip region is [−ζ·s_l, ζ·s_
 Defaults: ζ = 1 (``zeta``), the official optimizers' default and the README's κ = 1.0. The
 repository's sweeps use ζ ∈ {1, 2, 3, 4, 5}; its best runs on input-permuted MNIST
 (``best_runs_beluga.file``) list ζ = 1 for Adam and both ζ = 2 and ζ = 1 for SGD, and on
-label-permuted EMNIST ζ = 2 (SGD), 3-4 (Adam). No task here is one of the paper's streams, so no
-per-task value is set.
+label-permuted EMNIST ζ = 2 (SGD), 3-4 (Adam). Those ζ were tuned on PyTorch's default init
+U(±1/√fan_in), which starts inside every bound. ``scr`` and ``pmnist`` use the reference's
+Kaiming-uniform init U(±√6/√fan_in): ζ = 1 would cut the initial network down at the first step, so
+there ζ = 3, the smallest value of the paper's grid {1, ..., 5} whose bound contains the init
+(√6 ≈ 2.45). ``cimagenet``'s ConvNet has PyTorch's default init: ζ = 1. The ResNet-18's
+Kaiming-normal init exceeds any fixed multiple of 1/√fan_in in its tails; ``icifar100`` keeps ζ = 1.
 
 Optimizer state: untouched (as the official code, which clamps ``p.data`` after the inner
 optimizer's step; momentum and Adam moments of clipped weights are kept).
@@ -84,6 +88,7 @@ class WeightClipping(Method):
     paper = ("Elsayed, Lan, Lyle & Mahmood, Weight clipping for deep continual and reinforcement learning, "
              "RLJ 5:2198-2217 (2024)")
     defaults = {"zeta": 1.0, "clip_last_layer": True, "clip_norm": True}
+    task_defaults = {"scr": {"zeta": 3.0}, "pmnist": {"zeta": 3.0}}
 
     def configure_network(self, net):
         self.bounds = clip_bounds(net, self.hp["zeta"], self.hp["clip_last_layer"], self.hp["clip_norm"])

@@ -28,7 +28,7 @@ def fast_resnet18(seeds):
 
 def _method(net, **overrides):
     cls = METHODS.get("wclip")
-    method = cls(cls.hparams_for("scr", overrides), RunContext(seeds=SEEDS, task="scr", protocol=None))
+    method = cls(cls.hparams_for("cimagenet", overrides), RunContext(seeds=SEEDS, task="cimagenet", protocol=None))
     method.run.net = method.configure_network(net)
     return method
 
@@ -112,3 +112,15 @@ def test_output_layer_is_left_alone_without_clip_last_layer():
     engine._step(0, 0)
     assert head.weight.abs().max() > 1.0
     assert engine.net.layers[0].weight.abs().max() <= 0.1 / math.sqrt(20)
+
+
+def test_mlp_tasks_default_bound_contains_their_kaiming_init():
+    from plastibench.methods.wclip import clip_bounds
+
+    for task_name in ("scr", "pmnist"):
+        zeta = METHODS.get("wclip").hparams_for(task_name)["zeta"]
+        assert zeta == 3.0
+    net = TASKS.get("scr")(TASKS.get("scr").protocol("smoke"), SEEDS).network()
+    for name, p, bound in clip_bounds(net, 3.0):
+        assert p.abs().max() <= bound, name
+    assert any(p.abs().max() > b for _, p, b in clip_bounds(net, 1.0))  # ζ = 1 would clip the init
