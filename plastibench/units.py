@@ -123,3 +123,64 @@ class UnitGroup:
             for value in optimizer.state.get(part.param, {}).values():
                 if torch.is_tensor(value) and value.shape == part.param.shape:
                     part.assign(idx, valid, 0.0, t=value)
+
+
+# ----- helpers for unit re-initialisers (ReDo, SNR): per-unit reductions of features, fresh weights -----
+
+def per_unit(h: torch.Tensor, group: UnitGroup) -> torch.Tensor:
+    """Hidden features of ``group`` as ``[S, B, n, m]``: unit j's m values for each example.
+
+    ``[S, B, n]`` -> m = 1; conv maps ``[S, B, n, H, W]`` -> m = H·W; a flattened conv output
+    ``[S, B, n·g]`` (unit j owns g consecutive inputs of the next layer) -> m = g; CReLU's
+    interleaved halves (channels 2j, 2j+1) stay with unit j. Reduce over dims (1, 3).
+    """
+    return h.reshape(h.shape[0], h.shape[1], group.n_units, -1)
+
+
+@dataclass(frozen=True)
+class InitRule:
+    """A fresh unit's incoming weights: U(−scale, scale) (``kind`` "uniform") or N(0, scale²) ("normal")."""
+
+    kind: str
+    scale: float
+
+    def draw(self, seeds: torch.Tensor, step: int, purpose: str, shape: tuple[int, ...]) -> torch.Tensor:
+        """``[S, *shape]`` draws keyed by (seed, step, purpose), as :mod:`plastibench.rng` draws."""
+        from . import rng
+        if self.kind == "uniform":
+            return rng.uniform(seeds, step, purpose, shape, -self.scale, self.scale)
+        return rng.normal(seeds, step, purpose, shape, self.scale)
+
+    def block(self, seeds: torch.Tensor, purpose: str, shape: tuple[int, ...], length: int = 512):
+        """An :class:`plastibench.rng.Block` whose ``at(step)`` equals ``draw(seeds, step, purpose, shape)``."""
+        from . import rng
+        if self.kind == "uniform":
+            return rng.Block(seeds, purpose, shape, rng.uniform, length, low=-self.scale, high=self.scale)
+        return rng.Block(seeds, purpose, shape, rng.normal, length, std=self.scale)
+
+
+def incoming_shape(group: UnitGroup) -> tuple[int, ...]:
+    """The shape of one unit's incoming weights (``(fan_in,)`` or ``(in_channels, k, k)``)."""
+    part = group.incoming_weight
+    return tuple(part.param.movedim(part.dim, 1).shape[2:])
+
+
+def incoming_init(net: torch.nn.Module, group: UnitGroup) -> InitRule:
+    """The distribution ``net`` drew ``group``'s incoming weights from at initialisation.
+
+    A network may state it with a method ``unit_init(group) -> InitRule``. Otherwise the rules of
+    this package's networks: BatchedMLP, U(±gain(act)·√(3/fan_in)) (Kaiming-uniform);
+    BatchedConvNet, U(±√(1/fan_in)) (torch's default, convs and linears alike); BatchedResNet18,
+    N(0, 2/fan_in) (Kaiming-normal). Any other network gets CBP's convention
+    (``methods/cbp.py::_bound``): Kaiming-uniform for linear units, U(±√(1/fan_in)) for conv filters.
+    """
+    rule = getattr(net, "unit_init", None)
+    if rule is not None:
+        return rule(group)
+    from .nn import BatchedMLP, gain, init_bound
+    from .vision import BatchedConvNet, BatchedResNet18
+    if isinstance(net, BatchedResNet18):
+        return InitRule("normal", gain("relu") / group.fan_in ** 0.5)
+    if isinstance(net, BatchedConvNet) or (not isinstance(net, BatchedMLP) and group.incoming_weight.param.dim() > 3):
+        return InitRule("uniform", init_bound("default", group.fan_in, group.n_units, group.activation))
+    return InitRule("uniform", init_bound("kaiming", group.fan_in, group.n_units, group.activation))

@@ -1,0 +1,125 @@
+"""ReDo (``redo``): every F steps, recycle the τ-dormant hidden units.
+
+Sokar, Agarwal, Castro & Evci, "The dormant neuron phenomenon in deep reinforcement learning",
+ICML 2023. Restated from the official code (``google/dopamine``,
+``dopamine/labs/redo/weight_recyclers.py``: ``NeuronRecycler``, ``estimate_neuron_score``,
+``recycle_dead_neurons``); compared with ``lop/algos/gntRedo.py`` (Dohare et al.'s ReDo) and
+``isaac7778/FIRE`` ``vision/interventions/node_reset/redo.py``.
+
+Update rule. For every hidden layer l with units i (conv channels count as units), per seed:
+
+    s_i = E|h_i| / ( (1/n_l)·Σ_j E|h_j| + 1e-9 )        (E over examples and, for conv maps, positions)
+    unit i is τ-dormant when s_i ≤ τ.
+
+After every F-th optimizer step (global steps F−1, 2F−1, ...; dopamine's ``update_step % F == 0``,
+``update_step > 0``), each dormant unit gets: incoming weights redrawn from the network's own
+initial distribution (``plastibench.units.incoming_init``: Kaiming-uniform for the MLPs,
+U(±√(1/fan_in)) for the ConvNet, Kaiming-normal for the ResNet), bias 0, outgoing weights 0, and
+its BatchNorm/LayerNorm reset where it has one (weight 1, bias 0, running mean 0, variance 1). As
+in dopamine, all layers' incoming weights are redrawn before any outgoing weights are zeroed, so a
+weight joining two recycled units ends at 0. The output layer's units are never recycled.
+
+E|h_i| (``score_on``): dopamine scores each check on a fresh batch of 256 examples from the replay
+buffer, FIRE's port on the last 512 examples seen, Dohare's ``GnTredo`` on a history of features.
+The benchmark has no replay buffer and its online streams use batches of 1, where a one-example
+score would call every silent ReLU dormant, so the default "window" averages |h_i| over every
+example of the F steps since the last check (each step's batch mean, averaged over the steps).
+"batch" scores the F-th step's batch alone (for large batches).
+
+Optimizer state (``reset_optimizer_state``, default true): the per-element state (SGD momentum,
+Adam's m and v) of every tensor a recycled unit owns (incoming weights, bias, outgoing weights,
+norm parameters) is zeroed; Adam's step count is kept. Dopamine zeroes m and v of the incoming
+and outgoing weights only and leaves the bias's; we also zero the bias's, whose value is reset too
+(as SNR's official code and FIRE's ReDo port do).
+
+On the ResNet all 17 unit groups (``BatchedResNet18.unit_groups``, as ResGnT) are scored and
+recycled; dopamine's Impala-ResNet variant recycles only some convs of each block.
+
+Defaults: τ = 0.1 and F = 1000 steps. τ = 0.1 is what Dohare et al. ran
+(``lop/rl/cfg/ant/redo.yml``: threshold 0.1, reset_period 100); F = 1000 is ``GnTredo``'s default
+``reset_period`` (``lop/algos/gntRedo.py``, whose default threshold is 0.01). Other values in
+circulation: FIRE's scripts τ = 0.05 (ResNet-18) and 0.01 (ViT), checked every epoch; dopamine's
+``BaseRecycler`` defaults τ = 0, F = 200 000 (the shipped gin files do not set them); Kumar et al.
+sweep τ ∈ {0, 0.01, 0.1} with F of 1, 2 or 5 tasks (project notes, not checked here). The values
+of the paper's own experiments (its appendix) were not checked here.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from plastibench.method import HyperparameterError, Method, StepInfo
+from plastibench.registry import register_method
+from plastibench.units import UnitGroup, incoming_init, incoming_shape, per_unit
+
+EPS = 1e-9  # dopamine's ``score /= jnp.mean(score) + 1e-9``
+
+
+def mean_abs(h: torch.Tensor, group: UnitGroup) -> torch.Tensor:
+    """E|h_i| over the batch and positions, ``[S, n]``."""
+    return per_unit(h.detach(), group).abs().mean((1, 3))
+
+
+def normalised_score(raw: torch.Tensor) -> torch.Tensor:
+    """s_i = raw_i / (mean_j raw_j + 1e-9), per seed; ``raw[S, n]``."""
+    return raw / (raw.mean(1, keepdim=True) + EPS)
+
+
+@register_method("redo")
+class ReDo(Method):
+    claims = frozenset({"units"})
+    summary = "ReDo: every F steps, reinitialise units whose normalised mean |activation| is <= tau"
+    paper = ("Sokar, Agarwal, Castro & Evci, The dormant neuron phenomenon in deep reinforcement learning, "
+             "ICML 2023")
+    defaults = {"threshold": 0.1, "period": 1000, "score_on": "window", "reset_optimizer_state": True}
+    choices = {"score_on": ("window", "batch")}
+
+    def configure_network(self, net):
+        if self.hp["period"] < 1:
+            raise HyperparameterError(f"period must be at least 1, got {self.hp['period']}")
+        self.groups: list[UnitGroup] = net.unit_groups()
+        self.rules = [incoming_init(net, g) for g in self.groups]
+        s, dev = self.run.seeds.numel(), self.run.seeds.device
+        self.window = [torch.zeros(s, g.n_units, device=dev) for g in self.groups]
+        self.window_steps = 0
+        return net
+
+    @torch.no_grad()
+    def after_step(self, info: StepInfo) -> None:
+        window = self.hp["score_on"] == "window"
+        if window:
+            for total, group, h in zip(self.window, self.groups, info.features):
+                total.add_(mean_abs(h, group))
+            self.window_steps += 1
+        if (info.step + 1) % self.hp["period"]:
+            return
+        if window:
+            raw = [total / self.window_steps for total in self.window]
+        else:
+            raw = [mean_abs(h, group) for group, h in zip(self.groups, info.features)]
+        dormant = [normalised_score(r) <= self.hp["threshold"] for r in raw]
+        self.recycle(dormant, info.step)
+        for total in self.window:
+            total.zero_()
+        self.window_steps = 0
+
+    def recycle(self, dormant: list[torch.Tensor], step: int) -> None:
+        """Reinitialise the units where ``dormant[l][S, n]``: every layer's incoming weights first,
+        then every layer's outgoing weights zeroed (dopamine's order), then optimizer state."""
+        seeds = self.run.seeds
+        everyone = [torch.arange(g.n_units, device=seeds.device).expand(seeds.numel(), -1) for g in self.groups]
+        for group, rule, idx, mask in zip(self.groups, self.rules, everyone, dormant):
+            fresh = rule.draw(seeds, step, f"redo/{group.name}/init", (group.n_units, *incoming_shape(group)))
+            group.reinitialise(idx, mask, fresh)
+        for group, idx, mask in zip(self.groups, everyone, dormant):
+            group.outgoing_weight.assign(idx, mask, 0.0)
+            if self.hp["reset_optimizer_state"]:
+                group.reset_optimizer_state(self.run.optimizer, idx, mask)
+
+    def state_dict(self):
+        return {"window": [t.clone() for t in self.window], "window_steps": self.window_steps}
+
+    def load_state_dict(self, state):
+        for mine, saved in zip(self.window, state["window"]):
+            mine.copy_(saved)
+        self.window_steps = state["window_steps"]

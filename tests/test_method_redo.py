@@ -1,0 +1,233 @@
+"""``redo`` (``methods/redo.py``): every F steps, exactly the τ-dormant units are recycled.
+
+Defining property: at a check, the units with s_i = E|h_i| / (mean_j E|h_j| + 1e-9) ≤ τ, and only
+those, get fresh incoming weights (the network's init distribution, drawn from ``rng``), bias 0,
+outgoing weights 0 and zeroed optimizer state; every other weight keeps its value except where it
+is an incoming or outgoing weight of a recycled unit. Checked on an MLP against a restatement
+that builds every expected matrix entry by entry, on the ConvNet (channels, the flattened conv3
+owning four fc1 columns each) and on the ResNet (BatchNorm resets).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from plastibench.method import RunContext, StepInfo
+from plastibench.methods.redo import ReDo
+from plastibench.nn import BatchedMLP, MLPSpec
+from plastibench.protocol import OptimizerSpec, Protocol
+from plastibench.units import incoming_init, incoming_shape
+from plastibench.vision import BatchedConvNet, BatchedResNet18
+
+SEEDS = torch.tensor([0, 1, 2])
+ADAM = OptimizerSpec("adam", lr=1e-3)
+
+
+def protocol(optimizer: OptimizerSpec = ADAM) -> Protocol:
+    return Protocol(task="test", name="redo", version=1, n_tasks=1, steps_per_task=100, batch_size=5,
+                    optimizer=optimizer, metric="mse", higher_is_better=False)
+
+
+def redo_on(net, seeds=SEEDS, optimizer=ADAM, **hp) -> ReDo:
+    """ReDo configured on ``net``, its optimizer stepped once on a random loss (non-zero moments)."""
+    method = ReDo(ReDo.hparams_for("test", hp), RunContext(seeds=seeds, task="test", protocol=protocol(optimizer)))
+    method.run.net = method.configure_network(net)
+    method.run.optimizer = method.build_optimizer(list(net.parameters()), optimizer)
+    return method
+
+
+def train_once(method, x):
+    out, features = method.run.net(x)
+    out.square().mean(1).sum().backward()
+    method.run.optimizer.step()
+    return [f.detach() for f in features]
+
+
+def expected_mask(features, threshold, net):
+    """The restated rule: dormant where E|h| / (mean E|h| + 1e-9) ≤ τ, in float64 (E over the batch
+    and, for conv maps and the flattened conv3, over a channel's positions)."""
+    masks = []
+    for h, group in zip(features, net.unit_groups()):
+        raw = h.double().abs().reshape(h.shape[0], h.shape[1], group.n_units, -1).mean((1, 3))
+        masks.append(raw / (raw.mean(1, keepdim=True) + 1e-9) <= threshold)
+    return masks
+
+
+def moments(optimizer, p):
+    state = optimizer.state[p]
+    return state["exp_avg"], state["exp_avg_sq"]
+
+
+def test_exactly_the_dormant_units_of_an_mlp_are_recycled():
+    torch.manual_seed(0)
+    net = BatchedMLP(MLPSpec((6, 8, 7, 3)), SEEDS)
+    method = redo_on(net, threshold=0.5, period=1, score_on="batch")
+    train_once(method, torch.randn(3, 5, 6))
+    # synthetic features: each unit's |h| is constant over the batch, some units exactly silent
+    features = [torch.rand(3, 1, n).mul(2).expand(3, 5, n).clone() for n in (8, 7)]
+    features[0][0, :, 3] = 0.0
+    features[1][1, :, :2] = 0.01
+    dormant = expected_mask(features, 0.5, net)
+    assert all(m.any() for m in dormant) and all((~m).any() for m in dormant)
+    old = [p.detach().clone() for p in net.parameters()]
+    old_m = [tuple(t.clone() for t in moments(method.run.optimizer, p)) for p in net.parameters()]
+    method.after_step(StepInfo(41, 0, features))
+
+    weights = [layer.weight for layer in net.layers]
+    biases = [layer.bias for layer in net.layers]
+    for l, layer in enumerate(net.layers):
+        w_new, b_new = old[2 * l].clone(), old[2 * l + 1].clone()
+        if l < 2:  # hidden layer l: its dormant rows redrawn, their bias 0
+            group = net.unit_groups()[l]
+            fresh = incoming_init(net, group).draw(SEEDS, 41, f"redo/layer{l}/init", (group.n_units, group.fan_in))
+            rows = dormant[l]
+            w_new[rows] = fresh[rows]
+            b_new[rows] = 0.0
+        if l > 0:  # dopamine's order: outgoing columns zeroed after every incoming row was drawn
+            cols = dormant[l - 1]
+            w_new = torch.where(cols.unsqueeze(1), torch.zeros_like(w_new), w_new)
+        assert torch.equal(weights[l], w_new), f"layer {l} weight"
+        assert torch.equal(biases[l], b_new), f"layer {l} bias"
+        # optimizer state: zero exactly where the unit's weights were touched
+        touched = torch.zeros_like(w_new, dtype=torch.bool)
+        touched_b = torch.zeros_like(b_new, dtype=torch.bool)
+        if l < 2:
+            touched |= dormant[l].unsqueeze(2)
+            touched_b |= dormant[l]
+        if l > 0:
+            touched |= dormant[l - 1].unsqueeze(1)
+        for now, before in zip(moments(method.run.optimizer, weights[l]), old_m[2 * l]):
+            assert torch.equal(now, torch.where(touched, torch.zeros_like(before), before))
+        for now, before in zip(moments(method.run.optimizer, biases[l]), old_m[2 * l + 1]):
+            assert torch.equal(now, torch.where(touched_b, torch.zeros_like(before), before))
+
+
+def test_fresh_incoming_weights_follow_each_networks_init():
+    mlp = BatchedMLP(MLPSpec((6, 8, 7, 3), "tanh"), SEEDS)
+    rule = incoming_init(mlp, mlp.unit_groups()[1])
+    assert (rule.kind, rule.scale) == ("uniform", pytest.approx(5 / 3 * math.sqrt(3 / 8)))
+    conv = BatchedConvNet(SEEDS)
+    for group in conv.unit_groups():  # torch's default for convs and linears alike
+        rule = incoming_init(conv, group)
+        assert (rule.kind, rule.scale) == ("uniform", pytest.approx(math.sqrt(1 / group.fan_in)))
+    assert incoming_shape(conv.unit_groups()[1]) == (32, 3, 3)
+    draws = incoming_init(conv, conv.unit_groups()[3]).draw(SEEDS, 7, "x", (128, 512))
+    assert draws.abs().max() <= math.sqrt(1 / 512) and draws.abs().max() > 0.9 * math.sqrt(1 / 512)
+
+
+def test_no_check_between_periods_and_the_window_averages_the_period():
+    torch.manual_seed(1)
+    net = BatchedMLP(MLPSpec((6, 4, 3)), SEEDS)
+    method = redo_on(net, threshold=0.5, period=3)
+    ones = torch.ones(3, 5, 4)
+    spike = ones.clone()
+    spike[:, :, 0] = 3.0  # unit 0: 3 at the first step, silent at the other two -> window mean 1
+    silent = ones.clone()
+    silent[:, :, 0] = 0.0
+    before = [p.detach().clone() for p in net.parameters()]
+    method.after_step(StepInfo(0, 0, [spike]))
+    method.after_step(StepInfo(1, 0, [silent]))
+    assert all(torch.equal(a, b) for a, b in zip(net.parameters(), before))
+    method.after_step(StepInfo(2, 0, [silent]))  # the check: unit 0 scores 1 over the window
+    assert all(torch.equal(a, b) for a, b in zip(net.parameters(), before))
+    # "batch" would have scored the last step alone, where unit 0 is silent
+    batch = redo_on(net, threshold=0.5, period=3, score_on="batch")
+    for step, h in enumerate([spike, silent, silent]):
+        batch.after_step(StepInfo(step, 0, [h]))
+    assert torch.equal(net.layers[1].weight[:, :, 0], torch.zeros(3, 3))
+    assert torch.equal(net.layers[1].weight[:, :, 1:], before[2][:, :, 1:])
+
+
+def test_convnet_channels_and_the_flattened_conv3():
+    net = BatchedConvNet(SEEDS)
+    method = redo_on(net, threshold=0.2, period=1, score_on="batch")
+    features = train_once(method, torch.randn(3, 4, 3, 32, 32))
+    features[2] = features[2].clone()
+    features[2].view(3, 4, 128, 4)[0, :, [5, 9]] = 0.0  # conv3 channels 5 and 9 of seed 0 fall silent
+    features[0] = features[0].clone()
+    features[0][1, :, 7] = 0.0  # conv1 channel 7 of seed 1
+    dormant = expected_mask(features, 0.2, net)
+    assert dormant[2][0, 5] and dormant[2][0, 9] and dormant[0][1, 7]
+    old = {name: p.detach().clone() for name, p in net.named_parameters()}
+    method.after_step(StepInfo(0, 0, features))
+    groups = net.unit_groups()
+    everyone = torch.arange(128).expand(3, -1)
+    for l, (group, cur) in enumerate(zip(groups, [net.conv1, net.conv2, net.conv3, net.fc1, net.fc2])):
+        mask = dormant[l]
+        assert torch.equal(cur.bias, torch.where(mask, 0.0, old[f"{group.name}.bias"])), group.name
+        kept = old[f"{group.name}.weight"].clone()
+        if l > 0:  # the previous layer's dormant units' slices of these rows are zeroed
+            groups[l - 1].outgoing_weight.assign(everyone[:, :groups[l - 1].n_units], dormant[l - 1], 0.0, t=kept)
+        w, kept = cur.weight.flatten(2), kept.flatten(2)
+        assert torch.equal(w[~mask], kept[~mask]), group.name  # other units keep their incoming weights
+        assert (w[mask] != kept[mask]).any(-1).all(), group.name  # dormant ones are redrawn
+    # conv3 channel c owns fc1 columns 4c..4c+3: zeroed for the dormant ones only
+    columns = net.fc1.weight.view(3, 128, 128, 4)
+    assert torch.equal(columns[0][:, [5, 9]], torch.zeros(128, 2, 4))
+    rows_kept = ~dormant[3][0]
+    assert torch.equal(columns[0][rows_kept][:, 6], old["fc1.weight"].view(3, 128, 128, 4)[0][rows_kept][:, 6])
+    assert torch.equal(net.conv2.weight[1, :, 7], torch.zeros(64, 3, 3))
+
+
+def test_resnet_dormant_channel_gets_its_batchnorm_reset():
+    seeds = torch.tensor([4])
+    net = BatchedResNet18(seeds, num_classes=10)
+    method = redo_on(net, seeds=seeds, threshold=0.1, period=1, score_on="batch")
+    features = train_once(method, torch.randn(1, 2, 3, 8, 8))
+    with torch.no_grad():
+        block = net.layer1[0]
+        block.bn1.weight.fill_(0.5)
+        block.bn1.running_mean.fill_(0.3)
+    features[1] = features[1].clone()
+    features[1][:, :, 11] = 0.0  # layer1.0.conv1 channel 11
+    dormant = expected_mask(features, 0.1, net)
+    assert dormant[1][0, 11]
+    method.after_step(StepInfo(9, 0, features))
+    mask = dormant[1][0]
+    assert torch.equal(block.bn1.weight[0], torch.where(mask, 1.0, 0.5))
+    assert torch.equal(block.bn1.running_mean[0], torch.where(mask, 0.0, 0.3))
+    assert torch.equal(block.conv2.weight[0][:, 11], torch.zeros(64, 3, 3))
+    assert not method.run.optimizer.state[block.conv1.weight]["exp_avg"][0, 11].any()
+    assert not method.run.optimizer.state[block.bn1.weight]["exp_avg"][0, 11].any()
+    std = block.conv1.weight[0, 11].std()
+    assert 0.7 < std / math.sqrt(2 / (64 * 9)) < 1.3  # Kaiming-normal, the ResNet's own init
+
+
+def test_optimizer_state_kept_when_asked():
+    net = BatchedMLP(MLPSpec((6, 8, 3)), SEEDS)
+    method = redo_on(net, threshold=0.5, period=1, score_on="batch", reset_optimizer_state=False)
+    train_once(method, torch.randn(3, 5, 6))
+    before = moments(method.run.optimizer, net.layers[0].weight)[0].clone()
+    method.after_step(StepInfo(0, 0, [torch.zeros(3, 5, 8)]))  # every unit dormant
+    assert torch.equal(moments(method.run.optimizer, net.layers[0].weight)[0], before)
+    assert torch.equal(net.layers[1].weight, torch.zeros_like(net.layers[1].weight))
+
+
+def test_seed_alone_equals_seed_beside_others():
+    features = [torch.rand(3, 5, 8) * (torch.rand(3, 1, 8) > 0.3)]
+    nets = {}
+    for name, seeds in (("together", SEEDS), ("alone", SEEDS[2:])):
+        nets[name] = BatchedMLP(MLPSpec((6, 8, 3)), seeds)
+        method = redo_on(nets[name], seeds=seeds, threshold=0.3, period=2)
+        for step in range(4):
+            method.after_step(StepInfo(step, 0, [f[3 - seeds.numel():] for f in features]))
+    for a, b in zip(nets["together"].parameters(), nets["alone"].parameters()):
+        assert torch.equal(a[2:], b)
+
+
+def test_threshold_zero_recycles_exactly_the_silent_units():
+    """s ≤ τ, not s < τ: with τ = 0 the units whose |h| is exactly 0 on every example are dormant."""
+    net = BatchedMLP(MLPSpec((6, 4, 3)), SEEDS)
+    method = redo_on(net, threshold=0.0, period=1, score_on="batch")
+    h = torch.rand(3, 5, 4) + 0.1
+    h[0, :, 2] = 0.0
+    h[1, :3, 1] = 0.0  # silent on 3 of 5 examples only: not dormant
+    before = net.layers[1].weight.detach().clone()
+    method.after_step(StepInfo(0, 0, [h]))
+    silent = torch.zeros(3, 4, dtype=torch.bool)
+    silent[0, 2] = True
+    expected = torch.where(silent.unsqueeze(1), torch.zeros_like(before), before)
+    assert torch.equal(net.layers[1].weight, expected)
