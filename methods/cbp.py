@@ -112,12 +112,15 @@ def _unit_view(h: torch.Tensor, group: UnitGroup) -> torch.Tensor:
     """Features -> ``[S, n, samples, positions]``.
 
     ``[S, B, n, *spatial]`` (conv maps, or ``[S, B, n]``) -> ``[S, n, B·spatial, 1]``; a flattened
-    conv output ``[S, B, n·g]`` whose unit owns g next-layer inputs -> ``[S, n, B, g]``.
+    conv output ``[S, B, n·g]`` whose unit owns g next-layer inputs -> ``[S, n, B, g]``; a conv map
+    ``[S, B, n·g, H, W]`` whose unit owns g consecutive channels (CReLU) -> ``[S, n, B·H·W, g]``.
     """
     h = h.detach()
-    s, n, g = h.shape[0], group.n_units, group.outgoing_weight.group
+    s, b, n, g = h.shape[0], h.shape[1], group.n_units, group.outgoing_weight.group
+    if g > 1 and h.dim() > 3:
+        return h.reshape(s, b, n, g, -1).permute(0, 2, 1, 4, 3).reshape(s, n, -1, g)
     if g > 1:
-        return h.view(s, h.shape[1], n, g).transpose(1, 2)
+        return h.view(s, b, n, g).transpose(1, 2)
     return h.movedim(2, 1).reshape(s, n, -1, 1)
 
 

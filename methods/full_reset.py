@@ -16,7 +16,7 @@ the first steps after a reset still carry the previous task's momentum.
 
 from plastibench.method import Method
 from plastibench.registry import register_method
-from plastibench.reinit import redraw, zero_optimizer_state
+from plastibench.reinit import check_redrawable, redraw, zero_optimizer_state
 
 
 @register_method("full-reset")
@@ -27,9 +27,10 @@ class FullReset(Method):
     defaults = {"reset_optimizer_state": False, "reset_bn_statistics": False}
 
     def on_task_start(self, task_index):
-        if task_index == 0:
-            return
         net = self.run.net
+        if task_index == 0:  # the first task trains the initial network; check a redraw will fit
+            check_redrawable(net, self.run.network_factory, self.run.seeds, [name for name, _ in net.named_parameters()], self.name)
+            return
         names = [name for name, _ in net.named_parameters()]
         if self.hp["reset_bn_statistics"]:
             names += [name for name, _ in net.named_buffers()]

@@ -17,7 +17,7 @@ zeroes them. On ``cimagenet`` the task zeroes the head at every task start anywa
 
 from plastibench.method import Method
 from plastibench.registry import register_method
-from plastibench.reinit import head_names, redraw, zero_optimizer_state
+from plastibench.reinit import check_redrawable, head_names, redraw, zero_optimizer_state
 
 
 @register_method("head-reset")
@@ -27,9 +27,10 @@ class HeadReset(Method):
     defaults = {"reset_optimizer_state": False}
 
     def on_task_start(self, task_index):
-        if task_index == 0:
-            return
         net = self.run.net
+        if task_index == 0:  # the first task trains the initial network; check a redraw will fit
+            check_redrawable(net, self.run.network_factory, self.run.seeds, head_names(net), self.name)
+            return
         changed = redraw(net, self.run.network_factory, self.run.seeds, task_index, head_names(net))
         if self.hp["reset_optimizer_state"]:
             zero_optimizer_state(self.run.optimizer, changed)

@@ -3,7 +3,8 @@
 ``compose("cbp+l2")`` returns a :class:`~plastibench.method.Method` subclass whose hooks call each
 part's hooks in the order written:
 
-* ``configure_network`` and ``optimizer_spec`` are chained (each part gets the previous part's result);
+* ``configure_network`` and ``optimizer_spec`` are chained (each part gets the previous part's result;
+  the part that changes the architecture configures the network first);
 * ``build_optimizer`` comes from the one part that overrides it (at most one may), else the
   protocol's optimizer from the chained spec;
 * ``loss_term`` is the sum of the parts' terms; ``on_task_start`` and ``after_step`` run in order;
@@ -100,7 +101,10 @@ class Composite(Method):
 
     # ----- hooks, each part in order -----
     def configure_network(self, net: torch.nn.Module) -> torch.nn.Module:
-        for c in self.components:
+        # The part that changes the architecture goes first, so that every other part binds to the
+        # network that trains (``cbp+crelu`` tests CReLU units, not the discarded ReLU net's).
+        ordered = sorted(self.components, key=lambda c: "architecture" not in c.claims)
+        for c in ordered:
             net = c.configure_network(net)
         return net
 

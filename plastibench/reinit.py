@@ -12,11 +12,25 @@ from typing import Callable, Iterable
 import torch
 
 from . import rng
+from .method import HyperparameterError
 
 
 def draw_seeds(seeds: torch.Tensor, draw: int) -> torch.Tensor:
     """The keys of redraw ``draw`` for ``seeds[S]``: a hash of (seed, draw), int64 ``[S]``."""
     return rng.hash32(seeds, draw, "reinit/draw", ()).to(torch.int64)
+
+
+def check_redrawable(net: torch.nn.Module, factory: Callable[[torch.Tensor], torch.nn.Module],
+                     seeds: torch.Tensor, names: Iterable[str], method: str) -> None:
+    """Raise a ``HyperparameterError`` at once (not at the first boundary, hours later) when the
+    task's network has no tensor of the same name and shape for one of ``names``."""
+    fresh = dict(factory(seeds).named_parameters())
+    live = dict(net.named_parameters())
+    bad = [n for n in names if n not in fresh or fresh[n].shape != live[n].shape]
+    if bad:
+        raise HyperparameterError(f"{method} re-draws the task's own network, but {', '.join(bad)} differ "
+                                  "from it: it cannot be combined with a method that changes those layers "
+                                  "(e.g. crelu).")
 
 
 def redraw(net: torch.nn.Module, factory: Callable[[torch.Tensor], torch.nn.Module], seeds: torch.Tensor,

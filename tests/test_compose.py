@@ -155,3 +155,18 @@ def test_cli_runs_a_composite_beside_a_method_and_shows_it(tmp_path):
     shown = _clean(invoke("show", "method", "cbp+l2"), 0)
     assert "Composition cbp+l2" in shown and "=== cbp ===" in shown and "=== l2 ===" in shown
     assert "cbp.replacement_rate" in shown and "l2.weight_decay" in shown
+
+
+@pytest.mark.parametrize("name", ["cbp+crelu", "crelu+cbp"])
+def test_the_architecture_part_configures_the_network_first(tmp_path, tiny_imagenet32, name):
+    cls, task = METHODS.get(name), TASKS.get("cimagenet")
+    proto = task.protocol("smoke")
+    hparams = cls.hparams_for("cimagenet", {"replacement_rate": 0.05, "maturity_threshold": 4})
+    engine = Engine(cls, hparams, task, proto, [0, 1], device=CPU, directory=tmp_path,
+                    config=run_config(name, hparams, proto, [0, 1]), data_dir=tiny_imagenet32, verify=False)
+    cbp = next(c for c in engine.method.components if c.name == "cbp")
+    # CBP's units are the CReLU network's: each conv unit owns 2 output channels of the trained net
+    assert cbp.groups[0].incoming_weight.param is engine.net.conv1.weight
+    assert cbp.groups[1].outgoing_weight.group == 2
+    engine.run()
+    assert all(torch.isfinite(p).all() for p in engine.net.parameters())

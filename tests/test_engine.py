@@ -416,6 +416,12 @@ def test_pmnist_online_accuracy_uses_the_pre_update_prediction(tmp_path, tiny_mn
 # --------------------------------------------------------------------------------------------
 
 PINNED_HASHES = {
+    ("cimagenet", "paper"): "d00afecdea4fb8f2",
+    ("cimagenet", "short"): "793d9f75557a7ef4",
+    ("cimagenet", "smoke"): "9a10e7063f784344",
+    ("icifar100", "paper"): "f1ea01bd00a94ef8",
+    ("icifar100", "short"): "337ef32d8abab6b0",
+    ("icifar100", "smoke"): "f8e07b73e1dc3c5f",
     ("pmnist", "paper"): "eb8d048359733eb5",
     ("pmnist", "short"): "1d8b72584863380d",
     ("pmnist", "smoke"): "ffbbf376f72c8615",

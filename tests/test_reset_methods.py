@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import tempfile
 
+import pytest
 import torch
 
 from plastibench.engine import Engine
+from plastibench.method import HyperparameterError
 from plastibench.registry import METHODS, TASKS
 from plastibench.reinit import draw_seeds
 
@@ -84,3 +86,10 @@ def test_full_reset_keeps_batchnorm_statistics_as_the_reference(tiny_cifar100):
         # momentum is kept by default (icifar100 trains with SGD momentum 0.9)
         buf = e.optimizer.state[e.net.conv1.weight]["momentum_buffer"]
         assert buf.abs().sum() > 0
+
+
+def test_a_reset_after_an_architecture_change_is_refused_before_training():
+    for name in ("full-reset+crelu", "head-reset+crelu"):
+        e = engine(name)
+        with pytest.raises(HyperparameterError, match="crelu"):
+            e.method.on_task_start(0)
