@@ -44,7 +44,11 @@ FIRST_TASK_ONLY = {"icifar100"}
 # them act, so that their state is exercised (CBP would replace about one unit in a whole run).
 ACTIVE = {"cbp": {"scr": {"replacement_rate": 0.01}, "pmnist": {"replacement_rate": 0.001},
                   "cimagenet": {"replacement_rate": 0.05, "maturity_threshold": 4},
-                  "icifar100": {"replacement_rate": 0.1, "maturity_threshold": 3}}}
+                  "icifar100": {"replacement_rate": 0.1, "maturity_threshold": 3}},
+          "redo": {"scr": {"period": 10, "threshold": 0.5}, "pmnist": {"period": 10, "threshold": 0.5},
+                   "cimagenet": {"period": 3, "threshold": 0.5}, "icifar100": {"period": 3, "threshold": 0.5}},
+          "snr": {t: {"initial_threshold": 2, "tau_min": 1, "tau_max": 1000, "threshold_update_every": 1,
+                      "max_reset_fraction": 0.1} for t in ("scr", "pmnist", "cimagenet", "icifar100")}}
 
 
 def tiny_protocol(task: str) -> Protocol:

@@ -455,7 +455,8 @@ def changed_values(p: Protocol) -> dict[str, list]:
                            {k: x for k, x in v.items() if k != key}]
         elif f.name == "optimizer":
             out[f.name] = [dataclasses.replace(v, name="adam"), dataclasses.replace(v, lr=v.lr * 2),
-                           dataclasses.replace(v, momentum=0.9), dataclasses.replace(v, weight_decay=1e-4),
+                           dataclasses.replace(v, momentum=v.momentum / 2 + 0.25),
+                           dataclasses.replace(v, weight_decay=v.weight_decay * 2 + 1e-4),
                            dataclasses.replace(v, betas=(0.8, 0.999)), dataclasses.replace(v, eps=1e-6)]
         elif isinstance(v, bool):
             out[f.name] = [not v]
