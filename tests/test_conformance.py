@@ -26,6 +26,7 @@ from plastibench.engine import Engine
 from plastibench.protocol import Protocol
 from plastibench.registry import METHODS, TASKS
 from plastibench.results import read_yaml, run_config
+from plastibench.vision import BatchedBatchNorm2d, BatchedConv2d
 
 CPU = torch.device("cpu")
 SEEDS = [0, 1, 2]
@@ -148,6 +149,18 @@ def check_resume(reference: Engine, method: str, task: str, data_dir: Path | Non
     assert_same_run(reference, resumed)
 
 
+def rounding_driven(net: torch.nn.Module) -> set[str]:
+    """State entries moved by rounding alone: the bias of a conv followed by BatchNorm has zero
+    gradient in exact arithmetic (the BN subtracts it again), so what it gets is rounding noise,
+    which Adam-like normalised steps turn into full-size steps, different for 1 and S seeds; the
+    BN running means carry that bias. They are left out of the comparison. (Every conv of the
+    ResNet-18 is followed by a BN.)"""
+    if not any(isinstance(m, BatchedBatchNorm2d) for m in net.modules()):
+        return set()
+    convs = {f"{n}.bias" for n, m in net.named_modules() if isinstance(m, BatchedConv2d)}
+    return convs | {f"{n}.running_mean" for n, m in net.named_modules() if isinstance(m, BatchedBatchNorm2d)}
+
+
 def check_seed_alone(reference: Engine, method: str, task: str, data_dir: Path | None, root: Path) -> None:
     if task in FIRST_TASK_ONLY:
         reference = train(method, task, SEEDS, root / "together", data_dir, n_tasks=1)
@@ -162,9 +175,11 @@ def check_seed_alone(reference: Engine, method: str, task: str, data_dir: Path |
             tol = 1e-5 if name == metric else 1e-2
             np.testing.assert_allclose(together[name][i], single[name][0], rtol=tol, atol=tol,
                                        err_msg=f"task {t}: {name}")
+    noise = rounding_driven(reference.net)
     for name, p in reference.net.state_dict().items():
-        np.testing.assert_allclose(p[i].numpy(), alone.net.state_dict()[name][0].numpy(), rtol=1e-4, atol=1e-5,
-                                   err_msg=name)
+        if name not in noise:
+            np.testing.assert_allclose(p[i].numpy(), alone.net.state_dict()[name][0].numpy(), rtol=1e-4,
+                                       atol=1e-5, err_msg=name)
     assert any(not torch.equal(p[0], p[i]) for p in reference.net.parameters()), "seeds should differ"
 
 
