@@ -176,10 +176,11 @@ def check_seed_alone(reference: Engine, method: str, task: str, data_dir: Path |
             np.testing.assert_allclose(together[name][i], single[name][0], rtol=tol, atol=tol,
                                        err_msg=f"task {t}: {name}")
     noise = rounding_driven(reference.net)
+    atol = 1e-4 if task in FIRST_TASK_ONLY else 1e-5  # Adam moves a weight with a ~0 gradient by ~lr
     for name, p in reference.net.state_dict().items():
         if name not in noise:
             np.testing.assert_allclose(p[i].numpy(), alone.net.state_dict()[name][0].numpy(), rtol=1e-4,
-                                       atol=1e-5, err_msg=name)
+                                       atol=atol, err_msg=name)
     assert any(not torch.equal(p[0], p[i]) for p in reference.net.parameters()), "seeds should differ"
 
 
