@@ -6,8 +6,13 @@ decoupled AdamW-style decay), applied to every weight and bias.
 Defaults (Dohare et al. 2024 reference configs): ``pmnist`` λ = 1e-4, the value plotted in
 ``lop/permuted_mnist/plots/all_metrics.py`` from the sweep in ``cfg/l2.json``; ``scr`` λ = 1e-3,
 one value of the sweep 1e-6…1 in ``lop/slowly_changing_regression/cfg/sgd/bp/relu_wd.json``
-(the repository does not single out one).
+(the repository does not single out one); ``cimagenet`` λ = 3e-6 with the config's own step size
+0.03 instead of the protocol's 0.01 (``lop/imagenet/cfg/l2.json``; ``lr`` = 0 keeps the protocol's
+rate); ``icifar100`` λ = 5e-4, the rate every CIFAR config already uses (the paper has no separate
+L2 run there, so ``l2`` equals ``bp`` on that task).
 """
+
+from dataclasses import replace
 
 from plastibench.method import Method, with_weight_decay
 from plastibench.registry import register_method
@@ -18,8 +23,10 @@ class L2(Method):
     claims = frozenset({"weight_decay"})
     summary = "backprop + coupled L2 weight decay (the paper's L2 baseline)"
     paper = "Dohare et al., Loss of plasticity in deep continual learning, Nature 632:768-774 (2024)"
-    defaults = {"weight_decay": 1e-4}
-    task_defaults = {"scr": {"weight_decay": 1e-3}, "pmnist": {"weight_decay": 1e-4}}
+    defaults = {"weight_decay": 1e-4, "lr": 0.0}
+    task_defaults = {"scr": {"weight_decay": 1e-3}, "pmnist": {"weight_decay": 1e-4},
+                     "cimagenet": {"weight_decay": 3e-6, "lr": 0.03}, "icifar100": {"weight_decay": 5e-4}}
 
     def optimizer_spec(self, spec):
-        return with_weight_decay(spec, self.hp["weight_decay"])
+        spec = with_weight_decay(spec, self.hp["weight_decay"])
+        return replace(spec, lr=self.hp["lr"]) if self.hp["lr"] > 0 else spec

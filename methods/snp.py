@@ -7,7 +7,9 @@ output layer included (``lop/algos/bp.py::Backprop.perturb``). This differs from
 
 Defaults (reference configs): ``pmnist`` λ = 1e-4, σ = 1e-5 (``cfg/snp.json``, setting plotted in
 ``plots/all_metrics.py``); ``scr`` λ = 1e-2 (``cfg/sgd/bp/relu_snp.json``), σ = 1e-4, one value of
-that file's sweep 1e-6…1e-1.
+that file's sweep 1e-6…1e-1; ``cimagenet`` λ = 1e-5, σ = 1e-5 (``lop/imagenet/cfg/snp.json``);
+``icifar100`` λ = 5e-4 (every CIFAR config's rate), σ = 1e-5 on all parameters, BatchNorm's included
+(``cfg/shrink_and_perturb.json``, ``inject_noise``).
 """
 
 import torch
@@ -25,7 +27,9 @@ class ShrinkAndPerturb(Method):
              "Dohare et al., Nature 632:768-774 (2024)")
     defaults = {"weight_decay": 1e-4, "perturb_scale": 1e-5}
     task_defaults = {"scr": {"weight_decay": 1e-2, "perturb_scale": 1e-4},
-                     "pmnist": {"weight_decay": 1e-4, "perturb_scale": 1e-5}}
+                     "pmnist": {"weight_decay": 1e-4, "perturb_scale": 1e-5},
+                     "cimagenet": {"weight_decay": 1e-5, "perturb_scale": 1e-5},
+                     "icifar100": {"weight_decay": 5e-4, "perturb_scale": 1e-5}}
 
     def optimizer_spec(self, spec):
         return with_weight_decay(spec, self.hp["weight_decay"])
