@@ -94,12 +94,3 @@ def test_a_reset_after_an_architecture_change_is_refused_before_training():
         with pytest.raises(HyperparameterError, match="crelu"):
             e.method.on_task_start(0)
 
-
-def test_paper_baselines_carry_their_image_task_configs():
-    l2, snp = METHODS.get("l2"), METHODS.get("snp")
-    assert l2.hparams_for("cimagenet") == {"weight_decay": 3e-6, "lr": 0.03}  # lop/imagenet/cfg/l2.json
-    assert snp.hparams_for("cimagenet") == {"weight_decay": 1e-5, "perturb_scale": 1e-5}
-    assert snp.hparams_for("icifar100") == {"weight_decay": 5e-4, "perturb_scale": 1e-5}
-    e = engine("l2", task="scr", overrides={"lr": 0.05})
-    assert e.optimizer.param_groups[0]["lr"] == 0.05 and e.optimizer.param_groups[0]["weight_decay"] == 1e-3
-    assert engine("l2").optimizer.param_groups[0]["lr"] == 0.01  # lr 0 keeps the protocol's rate
