@@ -88,10 +88,13 @@ def _summary(run_dir: Path) -> dict[str, Any]:
 def compare_command(
     run_dirs: Annotated[list[Path], typer.Argument(metavar="RUN_DIR",
                                                    help="Finished run directories of one task and protocol.")],
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print the table and its notes as Markdown "
+                                                               "(for docs) instead of a terminal table.")] = False,
 ):
     """Compare finished runs of one task and protocol with the leaderboard's statistics table.
 
     Each method is compared to cbp (or, without a cbp run, to the first directory's method).
+    Example: plastibench compare runs/scr/short/* --markdown > table.md
     """
     summaries = [_summary(d) for d in run_dirs]
     kinds = {(s["task"], s["protocol"], s["protocol_hash"]) for s in summaries}
@@ -108,6 +111,9 @@ def compare_command(
         rows = compare.statistics_table(results, baseline, first["higher_is_better"])
     except ValueError as exc:
         raise fail(f"{exc}; give each run directory once")
+    if markdown:
+        typer.echo(_markdown(first, rows, baseline))
+        return
     console = Console()
     if leaderboard.BASELINE not in methods:
         console.print(f"No {leaderboard.BASELINE} run among them: comparing against {baseline} (the first "
@@ -121,6 +127,16 @@ def compare_command(
     console.print(table)
     console.print("\n".join(compare.notes(baseline)), highlight=False, markup=False)
     _print_iqm(console, results)
+
+
+def _markdown(first: dict, rows: list, baseline: str) -> str:
+    """The statistics table as a Markdown pipe table under its title, with the notes as a list."""
+    head = compare.header(baseline)
+    title = compare.title(first["task"], first["protocol"], first["protocol_hash"], first["metric"],
+                          first["higher_is_better"])
+    lines = [f"**{title}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(compare.cells(row, baseline)) + " |" for row in rows]
+    return "\n".join(lines + [""] + [f"* {note}" for note in compare.notes(baseline)])
 
 
 def _print_iqm(console: Console, results: list[compare.Result]) -> None:

@@ -362,6 +362,20 @@ def test_compare_prints_the_statistics_table(runs, board):
     assert "preliminary" in out and "IQM" in out and "squared_error, lower is better" in out
 
 
+def test_compare_markdown_gives_the_same_rows_as_a_pipe_table(runs, board):
+    out = assert_exit(invoke("compare", *runs.values(), "--markdown"), 0)
+    lines = out.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("| rank | method |"))
+    assert lines[head + 1].startswith("|---|")
+    body = [line for line in lines[head + 2:] if line.startswith("| ")]
+    assert len(body) == len(RUNS)
+    rows = table(board)
+    for method in RUNS:
+        row = next(line for line in body if f"| {method} |" in line)
+        assert rows[method]["mean [95% CI]"] in row and rows[method]["Δ vs cbp [95% CI]"] in row
+    assert "* mean [95% CI]:" in out and "IQM" not in out
+
+
 def test_compare_without_cbp_uses_the_first_directory(runs):
     out = assert_exit(invoke("compare", runs["l2"], runs["bp"]), 0)
     assert "No cbp run among them: comparing against l2 (the first directory)" in out
