@@ -25,10 +25,12 @@ uint8 store (the official Imagenet32 batches) is divided by 255, i.e. fed in [0,
 record states which was applied.
 
 Protocols: ``paper`` is the reference's 5000 tasks (15 M steps). ``short`` keeps every setting for
-the first 1000 tasks (3 M steps): the paper's backprop curve (Fig. 1b, step size 0.01) peaks within
-the first few hundred tasks and has fallen well below its peak by task 1000, so the decline is
-visible at a fifth of the cost (at the GPU rates of docs/benchmarks.md, a few GPU-hours for 10
-seeds). ``smoke`` is 3 tasks of 8 steps on 20 training and 20 test images per class, for tests.
+the first 1000 tasks (3 M steps per seed): in the paper's Fig. 1b backprop at step size 0.01 is at
+its best in the first tasks and declines from then on, so a fifth of the stream shows the decline
+at a fifth of the cost (the reference code would take about 6 A100-hours per seed for it, from its
+README's 12 hours per 2000 tasks; our GPU rate is still to be measured, see docs/benchmarks.md).
+How far backprop has fallen by task 1000 on our engine is to be confirmed by the first GPU run.
+``smoke`` is 3 tasks of 8 steps on 20 training and 20 test images per class, for tests.
 """
 
 from __future__ import annotations
