@@ -119,3 +119,20 @@ def write_tiny_cifar100(root: Path, train_per_class: int = 8, test_per_class: in
 def tiny_cifar100(tmp_path_factory) -> Path:
     """Data root holding a CIFAR-100 of 8 training and 2 test images per class (unverified)."""
     return write_tiny_cifar100(tmp_path_factory.mktemp("cifar100") / "data")
+
+
+@pytest.fixture
+def fast_resnet_init():
+    """While active, ``rng.normal`` draws from ``torch.randn`` (seeded): a BatchedResNet18 builds in
+    milliseconds instead of seconds. For tests in which the initial values do not matter."""
+    from unittest import mock
+
+    from plastibench import rng
+
+    gen = torch.Generator().manual_seed(0)
+
+    def draw(seeds, step, purpose, shape, std=1.0):
+        return std * torch.randn(len(seeds), *shape, generator=gen)
+
+    with mock.patch.object(rng, "normal", draw):
+        yield

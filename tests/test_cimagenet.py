@@ -4,7 +4,6 @@ and the user path ``data import imagenet32`` -> ``run --task cimagenet`` on offi
 from __future__ import annotations
 
 import dataclasses
-import pickle
 from types import SimpleNamespace
 
 import numpy as np

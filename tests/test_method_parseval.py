@@ -1,12 +1,10 @@
 """``parseval``: the term is λ·Σ_l (64/n_l)²·‖W_l W_lᵀ − s·I‖²_F over every weight but the output layer's
 (conv kernels as [out, in·k·k]), per seed, and its gradient moves W Wᵀ toward s·I."""
 
-from unittest import mock
 
 import pytest
 import torch
 
-from plastibench import rng
 from plastibench.method import RunContext
 from plastibench.nn import BatchedMLP, MLPSpec
 from plastibench.registry import METHODS
@@ -16,11 +14,8 @@ SEEDS = torch.tensor([0, 1])
 
 
 def fast_resnet18(seeds):
-    """A BatchedResNet18 whose init draws come from torch.randn (its values do not matter here)."""
-    gen = torch.Generator().manual_seed(0)
-    draw = lambda seeds, step, purpose, shape, std=1.0: std * torch.randn(len(seeds), *shape, generator=gen)
-    with mock.patch.object(rng, "normal", draw):
-        return BatchedResNet18(seeds, num_classes=10)
+    """A BatchedResNet18 (tests that build one take the ``fast_resnet_init`` fixture)."""
+    return BatchedResNet18(seeds, num_classes=10)
 
 
 NETS = {
@@ -44,7 +39,7 @@ def _method(net, **overrides):
 
 
 @pytest.mark.parametrize("kind", list(NETS))
-def test_term_equals_a_direct_per_seed_computation(kind):
+def test_term_equals_a_direct_per_seed_computation(kind, fast_resnet_init):
     net = NETS[kind]()
     lam, s = 3e-3, 1.7
     method = _method(net, lam=lam, s=s)
@@ -70,7 +65,7 @@ def test_term_equals_a_direct_per_seed_computation(kind):
         assert unscaled[seed].item() == pytest.approx(lam * expected_unscaled, rel=1e-4)
 
 
-def test_gradient_is_four_times_the_gram_defect_times_w_and_excludes_the_head():
+def test_gradient_is_four_times_the_gram_defect_times_w_and_excludes_the_head(fast_resnet_init):
     net = NETS["mlp"]()
     method = _method(net, lam=1.0, width_scale=False)
     method.loss_term(None, []).sum().backward()
@@ -83,7 +78,7 @@ def test_gradient_is_four_times_the_gram_defect_times_w_and_excludes_the_head():
 
 
 @pytest.mark.parametrize("kind", ["mlp", "convnet"])
-def test_gradient_steps_move_w_wt_toward_s_identity_for_every_seed_and_layer(kind):
+def test_gradient_steps_move_w_wt_toward_s_identity_for_every_seed_and_layer(kind, fast_resnet_init):
     net = NETS[kind]()
     method = _method(net, lam=1.0, width_scale=False, s=2.0)
     before = [(w.detach().flatten(2), name) for name, w in method.weights]

@@ -2,7 +2,6 @@
 seed; the term is λ·Σ_l[(σ̂^k − 1)² + ‖b‖^2k] (+ BN terms); its gradient moves σ_max toward 1; the iteration's
 vectors are per-seed state that checkpoints carry."""
 
-from unittest import mock
 
 import pytest
 import torch
@@ -17,11 +16,8 @@ SEEDS = torch.tensor([0, 1])
 
 
 def fast_resnet18(seeds):
-    """A BatchedResNet18 whose init draws come from torch.randn (its values do not matter here)."""
-    gen = torch.Generator().manual_seed(0)
-    draw = lambda seeds, step, purpose, shape, std=1.0: std * torch.randn(len(seeds), *shape, generator=gen)
-    with mock.patch.object(rng, "normal", draw):
-        return BatchedResNet18(seeds, num_classes=10)
+    """A BatchedResNet18 (tests that build one take the ``fast_resnet_init`` fixture)."""
+    return BatchedResNet18(seeds, num_classes=10)
 
 
 def _mlp(seeds=SEEDS):
@@ -54,7 +50,7 @@ def _true_sigma(layer, bias_column):
 @pytest.mark.parametrize("kind, bias, iterations", [("mlp", "separate", 40), ("mlp", "column", 40),
                                                     ("convnet", "separate", 100), ("convnet", "column", 100),
                                                     ("resnet18", "separate", 10)])
-def test_power_iteration_sigma_matches_matrix_norm_per_seed(kind, bias, iterations):
+def test_power_iteration_sigma_matches_matrix_norm_per_seed(kind, bias, iterations, fast_resnet_init):
     net = NETS[kind]()
     if kind == "resnet18":  # Gaussian layers have σ1 ≈ σ2 (slow power iteration): lift one filter
         with torch.no_grad():
@@ -117,7 +113,7 @@ def test_gradient_steps_move_sigma_max_toward_one(scale):
         assert ((sigma - 1).abs() < abs(scale - 1) - 0.05).all(), sigma
 
 
-def test_batchnorm_scales_are_pulled_toward_one_and_shifts_toward_zero():
+def test_batchnorm_scales_are_pulled_toward_one_and_shifts_toward_zero(fast_resnet_init):
     net = fast_resnet18(SEEDS)
     with torch.no_grad():
         net.bn1.weight.fill_(2.0)

@@ -3,12 +3,10 @@ the conv before it), and a step is the plain step clamped to that box."""
 
 import math
 import tempfile
-from unittest import mock
 
 import pytest
 import torch
 
-from plastibench import rng
 from plastibench.engine import Engine
 from plastibench.method import RunContext
 from plastibench.nn import BatchedMLP, MLPSpec
@@ -19,11 +17,8 @@ SEEDS = torch.tensor([0, 1])
 
 
 def fast_resnet18(seeds):
-    """A BatchedResNet18 whose init draws come from torch.randn (its values do not matter here)."""
-    gen = torch.Generator().manual_seed(0)
-    draw = lambda seeds, step, purpose, shape, std=1.0: std * torch.randn(len(seeds), *shape, generator=gen)
-    with mock.patch.object(rng, "normal", draw):
-        return BatchedResNet18(seeds, num_classes=10)
+    """A BatchedResNet18 (tests that build one take the ``fast_resnet_init`` fixture)."""
+    return BatchedResNet18(seeds, num_classes=10)
 
 
 def _method(net, **overrides):
@@ -54,7 +49,7 @@ def test_conv_bounds_use_in_channels_times_kernel_area():
                                     for layer, n in expected.items() for kind in ("weight", "bias")})
 
 
-def test_resnet_batchnorm_takes_the_fan_in_of_the_conv_before_it():
+def test_resnet_batchnorm_takes_the_fan_in_of_the_conv_before_it(fast_resnet_init):
     net = fast_resnet18(SEEDS)
     bounds = _bounds(_method(net))
     assert len(bounds) == len(list(net.parameters()))
@@ -67,7 +62,7 @@ def test_resnet_batchnorm_takes_the_fan_in_of_the_conv_before_it():
     assert "layer2.0.downsample.0.weight" in no_norm
 
 
-def test_after_step_clamps_resnet_parameters_into_their_box():
+def test_after_step_clamps_resnet_parameters_into_their_box(fast_resnet_init):
     net = fast_resnet18(SEEDS)
     method = _method(net, zeta=1.5)
     method.after_step(None)
