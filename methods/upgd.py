@@ -34,9 +34,9 @@ Optimizer-state policy: the traces u and the step count live in the optimizer's 
 and are checkpointed with it; UPGD resets nothing itself. Composed with a unit re-initialiser
 (``cbp+upgd`` with ``reset_optimizer_state``) the traces of the re-initialised weights are zeroed,
 so those weights get ū = ½ until their traces grow again. The protocol's SGD settings (step size,
-momentum, weight decay) are not used: UPGD has its own η and λ and no momentum. A task that sets the
-step size itself (``icifar100``'s schedule writes the protocol's rates into every parameter group)
-overrides η.
+momentum, weight decay) are not used: UPGD has its own η and λ and no momentum. On ``icifar100``
+the task's schedule scales η as it scales the protocol's rate (×0.2 at epochs 60, 120, 160 of each
+increment, from η).
 
 Defaults: the official repository's final settings for FirstOrderGlobalUPGD
 (``experiments/statistics_*.py``, ``upgd2_grid``, the runs behind the paper's figures); UPGD was
