@@ -76,8 +76,10 @@ class IncrementalCIFAR100(Task):
     summary = "class-incremental CIFAR-100: 20 increments of 5 classes, ResNet-18, 200 epochs each"
     plot_bin_tasks = 1
     protocols = {
-        "paper": _protocol("paper", 20, 200, "the reference's 20 increments of 5 classes, 200 epochs each"),
-        "short": _protocol("short", 10, 200, "the first 10 increments (50 classes), as the paper"),
+        "paper": _protocol("paper", 20, 200, "the reference's 20 increments of 5 classes, 200 epochs each "
+                                             "(increment k has k times the first's steps)"),
+        "short": _protocol("short", 10, 200, "the first 10 increments (50 classes), as the paper "
+                                             "(increment k has k times the first's steps)"),
         "smoke": _protocol("smoke", 3, 2, "seconds, for tests", classes_per_task=2, batch=6, train_per_class=6,
                            val_per_class=2, probe=8, seeds=2, widths=(4, 8, 8, 16)),
     }
