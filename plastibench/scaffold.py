@@ -53,6 +53,7 @@ class $cls(Method):
     paper = "TODO authors, title, venue year"
     defaults = {"weight_bound": 100.0}  # TODO the paper's hyperparameters and their values
     task_defaults = {}  # TODO per-task values from the paper's configs, e.g. {"scr": {"weight_bound": 10.0}}
+    claims = frozenset()  # what it owns exclusively, for compositions: see CONTRIBUTING.md
 
     # The hooks, in the order the engine calls them (plastibench/method.py). Override only those
     # the method needs; the ones left commented out keep plain backprop's behaviour.
