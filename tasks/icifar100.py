@@ -234,10 +234,11 @@ class IncrementalCIFAR100(Task):
         return accuracy(net, self._held_out(self.test_images, self.test_index, per_class, key), self.select)
 
     def probe(self, task_index):
-        cfg = self.protocol.settings
-        batches = self._held_out(self.train_images, self.val_index, cfg["val_per_class"], None)
-        x = torch.cat([x for x, _ in batches], 1)
-        return x[:, :self.protocol.probe_size]
+        """The first ``probe_size`` validation images of the seen classes, unaugmented."""
+        n = min(self.protocol.probe_size, self.seen * self.protocol.settings["val_per_class"])
+        flat = torch.arange(n, device=self.device).expand(self.seeds.numel(), -1)
+        index, _ = self._labelled(self.val_index, flat)
+        return self._images(self.train_images, index)
 
     def data_record(self):
         return self.data

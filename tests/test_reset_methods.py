@@ -36,8 +36,8 @@ def params(net):
 def test_head_reset_redraws_only_the_output_layer_at_each_boundary():
     e = engine("head-reset")
     train_a_little(e)
-    e.method.on_task_start(0)  # the first task starts from the initial network: nothing happens
     before = params(e.net)
+    e.method.on_task_start(0)  # the first task starts from the initial network: nothing happens
     assert all(torch.equal(before[k], v) for k, v in params(e.net).items())
     e.method.on_task_start(1)
     after = params(e.net)
