@@ -13,9 +13,9 @@ unit group) of a network in train mode,
 (``net.eval()``: tasks measure test accuracy and the diagnostics probe there, so nothing is
 dropped then). m_e = 1 iff u_e ≥ p with u = ``rng.uniform(seed, step, "dropout/site<i>",
 h.shape[1:])``, a pure function of (seed, global step, site, element): seed k alone draws what it
-draws beside other seeds, and a resumed run draws what the uninterrupted one does (the method's
-only state, the next step's index, is checkpointed). A second train-mode forward in the same step
-reuses that step's masks.
+draws beside other seeds, and a resumed run draws what the uninterrupted one does (the step is the
+run's device clock, ``run.clock.step``, checkpointed by the engine). A second train-mode forward in
+the same step reuses that step's masks.
 
 Where: right after the activation, before any pooling, so on the ConvNet dropout acts on the
 conv maps before each max-pool and on fc1/fc2; on the ResNet-18 after each of the 17 ReLUs,
@@ -52,7 +52,6 @@ class Dropout(Method):
         if not 0.0 <= p < 1.0:
             raise HyperparameterError(f"p must be in [0, 1), got {p}")
         self.net = net
-        self.next_step = 0
         self.blocks: dict[tuple[int, tuple[int, ...]], rng.Block] = {}
         net.set_post_activation(self._drop)
         return net
@@ -65,14 +64,6 @@ class Dropout(Method):
         block = self.blocks.get((site, shape))
         if block is None:
             block = self.blocks[site, shape] = rng.Block(self.run.seeds, f"dropout/site{site}", shape)
-        keep = block.at(self.next_step) >= p
+        keep = block.at(self.run.clock.step) >= p
         return h * (keep.to(h.dtype) * (1.0 / (1.0 - p)))
 
-    def after_step(self, info):
-        self.next_step = info.step + 1
-
-    def state_dict(self):
-        return {"next_step": self.next_step}
-
-    def load_state_dict(self, state):
-        self.next_step = state["next_step"]

@@ -72,16 +72,19 @@ class NormalizeAndProject(Method):
         return net
 
     @torch.no_grad()
-    def project(self) -> None:
+    def project(self, due: torch.Tensor | None = None) -> None:
+        """Scale each tensor group back to its initial per-seed norm (where ``due``, a device bool)."""
         for group, target in zip(self.groups, self.targets):
             norm = _norms(group)
             scale = torch.where(norm > 0, target / torch.where(norm > 0, norm, 1.0), 1.0)
+            if due is not None:
+                scale = torch.where(due, scale, 1.0)
             for t in group:
                 t.mul_(scale.view(-1, *[1] * (t.dim() - 1)))
 
     def after_step(self, info):
-        if (info.step + 1) % self.hp["period"] == 0:
-            self.project()
+        period = self.hp["period"]
+        self.project(None if period == 1 else (info.step + 1) % period == 0)
 
     def state_dict(self):
         return {"targets": [t.clone() for t in self.targets]}

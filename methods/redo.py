@@ -81,27 +81,29 @@ class ReDo(Method):
         self.rules = [incoming_init(net, g) for g in self.groups]
         s, dev = self.run.seeds.numel(), self.run.seeds.device
         self.window = [torch.zeros(s, g.n_units, device=dev) for g in self.groups]
-        self.window_steps = 0
         return net
 
     @torch.no_grad()
     def after_step(self, info: StepInfo) -> None:
-        window = self.hp["score_on"] == "window"
-        if window:
+        if self.hp["score_on"] == "window":
             for total, group, h in zip(self.window, self.groups, info.features):
                 total.add_(mean_abs(h, group))
-            self.window_steps += 1
-        if (info.step + 1) % self.hp["period"]:
-            return
-        if window:
-            raw = [total / self.window_steps for total in self.window]
+
+    def event_period(self) -> int:
+        return self.hp["period"]
+
+    @torch.no_grad()
+    def on_period(self, info: StepInfo) -> None:
+        """Between steps, after every F-th step: score, then recycle the dormant units. Periods are
+        counted in global steps from 0, so a window always holds exactly F steps."""
+        if self.hp["score_on"] == "window":
+            raw = [total / self.hp["period"] for total in self.window]
         else:
             raw = [mean_abs(h, group) for group, h in zip(self.groups, info.features)]
         dormant = [normalised_score(r) <= self.hp["threshold"] for r in raw]
         self.recycle(dormant, info.step)
         for total in self.window:
             total.zero_()
-        self.window_steps = 0
 
     def recycle(self, dormant: list[torch.Tensor], step: int) -> None:
         """Reinitialise the units where ``dormant[l][S, n]``: every layer's incoming weights first,
@@ -117,9 +119,8 @@ class ReDo(Method):
                 group.reset_optimizer_state(self.run.optimizer, idx, mask)
 
     def state_dict(self):
-        return {"window": [t.clone() for t in self.window], "window_steps": self.window_steps}
+        return {"window": [t.clone() for t in self.window]}
 
     def load_state_dict(self, state):
         for mine, saved in zip(self.window, state["window"]):
             mine.copy_(saved)
-        self.window_steps = state["window_steps"]

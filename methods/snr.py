@@ -148,7 +148,7 @@ class SelfNormalizedResets(Method):
         for group, state, h in zip(self.groups, self.state, info.features):
             fire = fired(h, group)
             self._record(state, fire)
-            state["age"] = torch.where(fire, 0, state["age"] + h.shape[1])
+            state["age"].add_(h.shape[1]).masked_fill_(fire, 0)
         for group, state, k, draws in zip(self.groups, self.state, self.k, self.draws):
             age, tau = state["age"], state["tau"]
             due = age >= tau

@@ -119,7 +119,6 @@ class TRACOptimizer(torch.optim.Optimizer):
         s, k = self.seeds.numel(), self.betas.numel()
         dev = self.seeds.device
         self.trac = {
-            "steps": 0,
             "ref": [before[i].clone() if i in before else p.detach().clone() for i, p in enumerate(params)],
             "s": torch.zeros(s, k, device=dev),
             "variance": torch.zeros(s, k, device=dev),
@@ -130,8 +129,8 @@ class TRACOptimizer(torch.optim.Optimizer):
         """The erfi tuner: update v and σ with the per-seed ``h[S]`` and return the new s ``[S, K]``."""
         t = self.trac
         dtype = t["variance"].dtype  # float32 whatever the parameters' dtype, as the code's 0-dim h
-        t["variance"] = t["variance"] * self.betas ** 2 + (h * h).to(dtype).unsqueeze(1)
-        t["sigma"] = t["sigma"] * self.betas - h.to(dtype).unsqueeze(1)
+        t["variance"].copy_(t["variance"] * self.betas ** 2 + (h * h).to(dtype).unsqueeze(1))
+        t["sigma"].copy_(t["sigma"] * self.betas - h.to(dtype).unsqueeze(1))
         return self.f_term * erfi(t["sigma"] / (math.sqrt(2.0) * torch.sqrt(t["variance"]) + self.eps))
 
     @staticmethod
@@ -149,7 +148,6 @@ class TRACOptimizer(torch.optim.Optimizer):
             if "ref" not in self.trac:
                 self._init(before, params)
             t = self.trac
-            t["steps"] += 1
             denominator = t["s"].sum(1) + self.eps
             h = torch.zeros(self.seeds.numel(), dtype=params[live[0]].dtype if live else None,
                             device=self.seeds.device)
@@ -159,7 +157,7 @@ class TRACOptimizer(torch.optim.Optimizer):
                 delta = (theta - ref) / self._per_seed(denominator, p)
                 h = h + (delta * grads[i]).flatten(1).sum(1)
                 deltas[i] = delta.add_(p - theta)
-            t["s"] = self.tune(h)
+            t["s"].copy_(self.tune(h))
             scale = t["s"].sum(1).clamp_min(0)
             for i in live:
                 params[i].copy_(t["ref"][i] + deltas[i] * self._per_seed(scale, params[i]))

@@ -94,9 +94,9 @@ class UPGDOptimizer(torch.optim.Optimizer):
         for group, p in live:
             state = self.state[p]
             if not state:
-                state["step"] = 0
+                state["step"] = torch.zeros((), dtype=torch.int64, device=p.device)
                 state["utility"] = torch.zeros_like(p)
-            state["step"] += 1
+            state["step"] += 1  # in place, on the device
             beta = group["beta_utility"]
             state["utility"].mul_(beta).add_(-p.grad * p, alpha=1 - beta)
             maxima.append(state["utility"].flatten(1).amax(1))
@@ -104,7 +104,7 @@ class UPGDOptimizer(torch.optim.Optimizer):
         for group, p in live:
             state = self.state[p]
             lr, beta, sigma = group["lr"], group["beta_utility"], group["sigma"]
-            corrected = state["utility"] / (1 - beta ** state["step"])
+            corrected = state["utility"] / (1 - torch.pow(beta, state["step"].double())).to(p.dtype)
             ratio = corrected / self._per_seed(global_max, p)
             ratio = torch.where(corrected == 0, torch.zeros_like(ratio), ratio)
             gate = 1 - torch.sigmoid(ratio)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 from itertools import combinations
 from typing import Any, ClassVar, Mapping
 
@@ -93,6 +94,7 @@ class Composite(Method):
 
     def __init__(self, hparams: Mapping[str, Any], run):
         super().__init__(hparams, run)
+        self.capturable = all(part.capturable for part in self.parts)
         self.components: list[Method] = []
         for part in self.parts:
             prefix = part.name + "."
@@ -134,6 +136,17 @@ class Composite(Method):
     def after_step(self, info: StepInfo) -> None:
         for c in self.components:
             c.after_step(info)
+
+    def event_period(self) -> int | None:
+        """The gcd of the parts' periods, so that every part's event falls on a segment end."""
+        periods = [p for p in (c.event_period() for c in self.components) if p]
+        return math.gcd(*periods) if periods else None
+
+    def on_period(self, info: StepInfo) -> None:
+        for c in self.components:
+            period = c.event_period()
+            if period and (info.step + 1) % period == 0:
+                c.on_period(info)
 
     def state_dict(self) -> dict[str, Any]:
         return {c.name: c.state_dict() for c in self.components}

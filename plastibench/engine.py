@@ -1,16 +1,24 @@
 """The engine: S seeds of one (method, task, protocol) trained in lockstep as one batched model.
 
-Per step: ``x[S,B,..], y = task.batch`` -> ``out, features = net(x)`` -> per-seed loss ``[S]``
-(the online metric is read from this pre-update prediction) -> ``method.loss_term`` -> one
-backward of the summed loss (seeds share no parameter, so each seed gets its own gradient) ->
-``optimizer.step()`` -> ``method.after_step``. No host synchronisation happens inside a step:
-counters live on the host, metrics accumulate on the device.
+Per step (:meth:`Engine.train_step`): ``x[S,B,..], y = task.batch`` -> ``out, features = net(x)``
+-> per-seed loss ``[S]`` (the online metric is read from this pre-update prediction) ->
+``method.loss_term`` -> one backward of the summed loss (seeds share no parameter, so each seed gets
+its own gradient) -> ``optimizer.step()`` -> ``method.after_step`` -> ``clock.tick()``. A step is a
+pure function of device state: it reads the step from the device clock, never a host value that
+changes from step to step, and synchronises nothing with the host.
+
+Steps run in *segments*: runs of steps between host events, which are task boundaries, the task's
+own events (an epoch's end: ``Task.segment_every``), a method's periodic event
+(``Method.event_period``), progress and checkpoint checks every ``CHECK_EVERY`` steps, and the span
+of the prepared random-number blocks. Before a segment the engine sets the clock, prepares the
+blocks and lets the task set up its segment; the segment itself runs eagerly, or replays captured
+steps (:mod:`plastibench.capture`: a CUDA graph, or a compiled step on a CPU).
 
 At every task boundary the engine measures diagnostics on the task's probe batch. It checkpoints
-whenever ``checkpoint_every`` seconds have passed (checked at task boundaries and every
-``CHECK_EVERY`` steps), at the end, and on Ctrl-C, which is deferred to the end of the step in
-flight so that the checkpoint never holds a half-done step; a new engine on the same run directory
-resumes from the checkpoint and ends bit-for-bit where an uninterrupted run would (on CPU).
+whenever ``checkpoint_every`` seconds have passed (checked between segments), at the end, and on
+Ctrl-C, which is deferred to the end of the step (eager) or segment (captured) in flight, so that
+the checkpoint never holds a half-done step; a new engine on the same run directory resumes from
+the checkpoint and ends bit-for-bit where an uninterrupted run would (on CPU).
 """
 
 from __future__ import annotations
@@ -25,7 +33,9 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from . import diagnostics
+from . import diagnostics, rng
+from .capture import make_stepper
+from .clock import StepClock
 from .method import Method, RunContext, StepInfo
 from .protocol import Protocol
 from .results import load_checkpoint, save_checkpoint, summarise, write_metrics, write_yaml
@@ -52,14 +62,16 @@ class Engine:
 
     def __init__(self, method_cls: type[Method], hparams: Mapping[str, Any], task_cls: type[Task],
                  protocol: Protocol, seeds: Sequence[int], *, device: torch.device, directory: Path,
-                 config: Mapping[str, Any], data_dir=None, verify: bool = True, checkpoint_every: float = 120.0):
+                 config: Mapping[str, Any], data_dir=None, verify: bool = True, checkpoint_every: float = 120.0,
+                 capture: str = "off"):
         self.protocol, self.directory, self.config = protocol, Path(directory), dict(config)
         self.seeds = list(seeds)
         self.checkpoint_every = checkpoint_every
         seed_tensor = torch.tensor(self.seeds, dtype=torch.int64, device=device)
         self.task = task_cls(protocol, seed_tensor, data_dir=data_dir, verify=verify)
+        self.clock = StepClock(device)
         self.ctx = RunContext(seeds=seed_tensor, task=protocol.task, protocol=protocol,
-                              network_factory=self.task.network)
+                              network_factory=self.task.network, clock=self.clock)
         self.method = method_cls(hparams, self.ctx)
         self.net = self.method.configure_network(self.task.network())
         self.ctx.net = self.net
@@ -70,6 +82,8 @@ class Engine:
         self.records: list[dict[str, np.ndarray]] = []
         self.task_diagnostics: dict[str, np.ndarray] | None = None
         self.task_index, self.step_in_task, self.wall_time = 0, 0, 0.0
+        self.stepper = make_stepper(capture, self)
+        self.interrupted: list[bool] = []
 
     # ----- checkpointing -----
     @property
@@ -112,8 +126,10 @@ class Engine:
         write_metrics(self.directory / "metrics.csv", self.seeds, self.records)
 
     # ----- training -----
-    def _step(self, task_index: int, step: int, offset: int | None = None) -> None:
-        x, y = self.task.batch(task_index, step)
+    def train_step(self) -> list[torch.Tensor]:
+        """One step of task ``self.task_index``, in-task step ``clock.in_task``; returns the features."""
+        t = self.task_index
+        x, y = self.task.batch(t, self.clock.in_task)
         out, features = self.net(x)
         loss = self.task.loss(out, y)
         self.task.observe(out.detach(), y, loss.detach())
@@ -124,9 +140,52 @@ class Engine:
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         self.optimizer.step()
-        offset = self.task.task_offset(task_index) if offset is None else offset
-        self.method.after_step(StepInfo(offset + step, task_index, [f.detach() for f in features]))
-        self.task.after_step(task_index, step, self.net, self.optimizer)
+        features = [f.detach() for f in features]
+        self.method.after_step(StepInfo(self.clock.step, t, features))
+        self.clock.tick()
+        return features
+
+    def _segment_end(self, t: int, step: int, n_steps: int) -> int:
+        """The in-task step at which the segment starting at ``step`` ends (exclusive)."""
+        end = min(n_steps, step + CHECK_EVERY - step % CHECK_EVERY)
+        every = self.task.segment_every(t)
+        if every:
+            end = min(end, (step // every + 1) * every)
+        period = self.method.event_period()
+        if period:
+            g = self.task.task_offset(t) + step
+            end = min(end, step + period - g % period)
+        span = rng.max_segment(self.ctx.seeds)
+        if span:
+            end = min(end, step + span)
+        return end
+
+    def train_steps(self, t: int, first: int, last: int) -> int:
+        """Run in-task steps ``first .. last`` of task ``t`` (the task started) with every host event
+        between them; returns the step reached (earlier than ``last`` after an interrupt).
+        ``step_in_task`` follows every finished step, so an exception between steps leaves a
+        consistent count to checkpoint."""
+        self.task_index, self.step_in_task = t, first
+        offset, n_steps, every = self.task.task_offset(t), self.task.steps_in_task(t), self.task.segment_every(t)
+        period = self.method.event_period()
+        while self.step_in_task < last and not self.interrupted:
+            step = self.step_in_task
+            end = min(last, self._segment_end(t, step, n_steps))
+            self.task.start_segment(t, step)
+            rng.prepare(self.ctx.seeds, offset + step, end - step)
+            self.clock.set(offset + step, step)
+            features = self.stepper.run(t, end - step)
+            if self.step_in_task < end:  # interrupted, or a warm-up ran part of it: no event is due yet
+                continue
+            if period and (offset + end) % period == 0:
+                self.method.on_period(StepInfo(offset + end - 1, t, features))
+            if every and end % every == 0:
+                self.task.end_segment(t, end, self.net, self.optimizer)
+        return self.step_in_task
+
+    def _step(self, task_index: int, step: int) -> None:
+        """One step with its host events (for tests and set-up): in-task step ``step`` of ``task_index``."""
+        self.train_steps(task_index, step, step + 1)
 
     def run(self, on_progress: Callable[[Progress], None] = lambda p: None) -> dict[str, Any]:
         p = self.protocol
@@ -146,7 +205,8 @@ class Engine:
                 self.checkpoint()
                 last_save = time.monotonic()
 
-        interrupted = []
+        interrupted = self.interrupted
+        interrupted.clear()
         in_main = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True)) if in_main else None
         try:
@@ -158,15 +218,14 @@ class Engine:
                     self.task_diagnostics = _numpy(diagnostics.measure(self.net, self.task.probe(t)))
                     self.task.begin_task(t, self.net, self.optimizer)
                     self.method.on_task_start(t)
-                offset, n_steps = self.task.task_offset(t), self.task.steps_in_task(t)
+                n_steps = self.task.steps_in_task(t)
                 while self.step_in_task < n_steps:
-                    self._step(t, self.step_in_task, offset)
-                    self.step_in_task += 1
+                    end = min(n_steps, self.step_in_task + CHECK_EVERY - self.step_in_task % CHECK_EVERY)
+                    self.step_in_task = self.train_steps(t, self.step_in_task, end)
                     if interrupted:
                         raise KeyboardInterrupt
-                    if self.step_in_task % CHECK_EVERY == 0:
-                        report()
-                        maybe_checkpoint()
+                    report()
+                    maybe_checkpoint()
                 metric = self.task.end_task(t, self.net).detach().cpu().numpy()
                 self.records.append({p.metric: metric, **self.task_diagnostics})
                 self.task_index, self.step_in_task = t + 1, 0

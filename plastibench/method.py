@@ -7,10 +7,21 @@ Hooks, in the order the engine calls them:
 * ``build_optimizer(params, spec)`` once, may choose or wrap the optimizer;
 * ``on_task_start(task_index)`` at every task boundary, before the task's first step;
 * ``loss_term(out, features)`` every step, an extra per-seed loss ``[S]`` added to the task loss;
-* ``after_step(info)``         every step, after ``optimizer.step()``.
+* ``after_step(info)``         every step, after ``optimizer.step()``;
+* ``on_period(info)``          between steps, after every ``event_period()``-th step (e.g. ReDo's
+                               recycling every F steps), when the method declares a period.
 
 Every tensor has a leading seed axis; a method must act on all seeds at once (masks and
 ``torch.where``, never a Python loop over seeds, never ``.item()`` inside a step).
+
+The hooks that run inside a step (``loss_term``, ``after_step``, a network's forward) must be a pure
+function of device state, so that the engine can capture a block of steps once and replay it (a CUDA
+graph, a compiled block): read the step from ``info.step`` or ``run.clock`` (device tensors), update
+state tensors in place (``copy_``, ``add_``, ``masked_fill_``; never rebind them), keep no Python
+counter that changes from step to step, and draw random numbers from :mod:`plastibench.rng` keyed by
+the device step. ``tests/test_conformance.py`` checks all of this for every registered method. A
+method that cannot meet it sets ``capturable = False``; the engine then runs it eagerly and the run
+records that it did.
 """
 
 from __future__ import annotations
@@ -21,14 +32,16 @@ from typing import Any, Callable, ClassVar, Mapping
 import torch
 import yaml
 
+from .clock import StepClock
+from .optim import make_optimizer  # noqa: F401  (methods import it from here)
 from .protocol import OptimizerSpec, Protocol
 
 
 @dataclass
 class RunContext:
     """What a method may read: seeds ``[S]`` (on the device), the protocol, the net and optimizer,
-    and ``network_factory(seeds)``, which builds the task's network initialised from other keys
-    (resets draw fresh parameters with it)."""
+    ``network_factory(seeds)``, which builds the task's network initialised from other keys
+    (resets draw fresh parameters with it), and the run's device ``clock`` (:mod:`plastibench.clock`)."""
 
     seeds: torch.Tensor
     task: str
@@ -36,25 +49,19 @@ class RunContext:
     net: torch.nn.Module | None = None
     optimizer: torch.optim.Optimizer | None = None
     network_factory: Callable[[torch.Tensor], torch.nn.Module] | None = None
+    clock: StepClock | None = None
 
 
 @dataclass
 class StepInfo:
-    """One finished step: its global index (a host int), task index and the hidden features."""
+    """One finished step: its global index, task index (a host int) and the hidden features.
 
-    step: int
+    In ``after_step`` the step is the clock's device tensor (0-dim int64); in ``on_period``, which
+    runs between steps, it is a host int."""
+
+    step: torch.Tensor | int
     task_index: int
     features: list[torch.Tensor] = field(default_factory=list)
-
-
-def make_optimizer(params: list[torch.Tensor], spec: OptimizerSpec) -> torch.optim.Optimizer:
-    """PyTorch's SGD or Adam: both act element-wise, so seeds stay independent."""
-    if spec.name == "sgd":
-        return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
-    if spec.name == "adam":
-        return torch.optim.Adam(params, lr=spec.lr, betas=spec.betas, eps=spec.eps,
-                                weight_decay=spec.weight_decay)
-    raise ValueError(f"unknown optimizer {spec.name!r}; known: sgd, adam")
 
 
 class HyperparameterError(ValueError):
@@ -103,6 +110,9 @@ class Method:
     # layers or activations), "units" (re-initialises hidden units), "parameters" (rewrites all
     # parameters wholesale, e.g. a full reset or a re-parametrisation of the weights).
     claims: ClassVar[frozenset[str]] = frozenset()
+    # False for a method whose step cannot be captured (a host sync or host state inside the step):
+    # the engine then runs it eagerly whatever ``--capture`` says, and records that it did.
+    capturable: ClassVar[bool] = True
 
     def __init__(self, hparams: Mapping[str, Any], run: RunContext):
         self.hp = dict(hparams)
@@ -143,6 +153,13 @@ class Method:
 
     def after_step(self, info: StepInfo) -> None:
         pass
+
+    def event_period(self) -> int | None:
+        """Steps between calls of ``on_period`` (None: never). The engine ends a captured block there."""
+        return None
+
+    def on_period(self, info: StepInfo) -> None:
+        """Between steps, after every global step g with (g + 1) % event_period() == 0."""
 
     # ----- checkpointing of the method's own state -----
     def state_dict(self) -> dict[str, Any]:

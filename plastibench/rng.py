@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import weakref
 
 import torch
 
@@ -81,24 +82,92 @@ def bits(seeds: torch.Tensor, step: int | torch.Tensor, purpose: str, shape: tup
 
 
 class Block:
-    """Draws of one purpose for a run of consecutive steps at once, served one step at a time.
+    """Draws of one purpose for a run of consecutive steps, prepared between steps, read inside them.
 
     ``Block(seeds, "cbp/layer0/init", (K, fan_in), uniform)`` then ``block.at(step)`` gives exactly
-    ``uniform(seeds, step, purpose, shape)``, but one batched hash per ``length`` steps replaces
-    dozens of small kernels per step. Any step may be asked for; a miss refills the block.
+    ``uniform(seeds, step, purpose, shape)`` for a device step ``step`` (a 0-dim int64 tensor), but
+    one batched hash per segment of steps replaces dozens of small kernels per step. ``at`` reads a
+    persistent buffer at ``step - start`` (both on the device): no host value, no refill inside a step,
+    so a step that draws from a block can be captured once and replayed.
+
+    The engine prepares every live block of its seeds before each segment of steps
+    (:func:`prepare`): a block covers ``[first, first + length)``, and a segment is at most
+    ``length - 1`` steps, so a draw keyed one step ahead (an optimizer's own step count) is covered
+    too. A block whose buffer would hold fewer than ``MIN_LENGTH`` steps (large shapes, many seeds)
+    draws directly from the device step instead: the same values, a few more kernels per step.
     ``draw`` is an element-wise draw (``uniform``, ``normal``, ``bits``), not ``permutation``.
     """
+
+    MIN_LENGTH = 8
 
     def __init__(self, seeds: torch.Tensor, purpose: str, shape: tuple[int, ...], draw=None,
                  length: int = 512, **kwargs):
         self.seeds, self.purpose, self.shape, self.kwargs = seeds, purpose, shape, kwargs
         self.draw = draw or uniform
         self.length = max(1, min(length, (1 << 22) // max(1, seeds.numel() * math.prod(shape))))
-        self.start, self.values = None, None
+        self.direct = self.length < self.MIN_LENGTH
+        self.first: int | None = None  # host copy of ``start``, for planning only
+        if not self.direct:
+            self.start = torch.zeros((), dtype=torch.int64, device=seeds.device)
+            self.values = torch.empty(seeds.numel(), self.length, *shape, device=seeds.device)
+        _runs(seeds).blocks.add(self)
+        if _runs(seeds).segment is not None:
+            self.prepare(*_runs(seeds).segment)
 
-    def at(self, step: int) -> torch.Tensor:
-        if self.start is None or not self.start <= step < self.start + self.length:
-            self.start = step
-            steps = torch.arange(step, step + self.length, device=self.seeds.device)
-            self.values = self.draw(self.seeds, steps, self.purpose, self.shape, **self.kwargs)
-        return self.values[:, step - self.start]
+    def prepare(self, first: int, n_steps: int) -> None:
+        """Make ``at`` valid for the steps ``first .. first + n_steps`` (host ints; between steps)."""
+        if self.direct:
+            return
+        if n_steps >= self.length:
+            raise ValueError(f"a segment of {n_steps} steps exceeds block {self.purpose!r} "
+                             f"({self.length} steps); plan segments with rng.max_segment()")
+        if self.first is not None and self.first <= first and first + n_steps < self.first + self.length:
+            return
+        steps = torch.arange(first, first + self.length, device=self.seeds.device)
+        self.values.copy_(self.draw(self.seeds, steps, self.purpose, self.shape, **self.kwargs))
+        self.start.fill_(first)
+        self.first = first
+
+    def at(self, step: int | torch.Tensor) -> torch.Tensor:
+        """The draw of ``step`` ``[S, *shape]``; ``step`` a device tensor inside a step."""
+        if self.direct:
+            return self.draw(self.seeds, step, self.purpose, self.shape, **self.kwargs)
+        if not torch.is_tensor(step):  # a host int, between steps (set-up, tests)
+            self.prepare(step, 0)
+            step = torch.tensor(step, device=self.seeds.device)
+        offset = (step.to(torch.int64) - self.start).view(1)
+        return self.values.index_select(1, offset).squeeze(1)
+
+
+class _Run:
+    """The live blocks of one seeds tensor, and the segment last prepared for them (a block created
+    inside a segment, e.g. lazily at its first forward pass, prepares itself for it)."""
+
+    def __init__(self):
+        self.blocks: weakref.WeakSet[Block] = weakref.WeakSet()
+        self.segment: tuple[int, int] | None = None
+
+
+_RUNS: dict[int, tuple[weakref.ref, _Run]] = {}
+
+
+def _runs(seeds: torch.Tensor) -> _Run:
+    """The :class:`_Run` of ``seeds`` (keyed by identity: a run owns its seeds tensor)."""
+    entry = _RUNS.get(id(seeds))
+    if entry is None or entry[0]() is not seeds:
+        entry = _RUNS[id(seeds)] = (weakref.ref(seeds, lambda _, key=id(seeds): _RUNS.pop(key, None)), _Run())
+    return entry[1]
+
+
+def prepare(seeds: torch.Tensor, first: int, n_steps: int) -> None:
+    """Prepare every live :class:`Block` of ``seeds`` for the steps ``first .. first + n_steps``."""
+    run = _runs(seeds)
+    run.segment = (first, n_steps)
+    for block in list(run.blocks):
+        block.prepare(first, n_steps)
+
+
+def max_segment(seeds: torch.Tensor) -> int | None:
+    """The longest segment every live block of ``seeds`` can serve (None: no limit)."""
+    lengths = [b.length - 1 for b in _runs(seeds).blocks if not b.direct]
+    return min(lengths) if lengths else None

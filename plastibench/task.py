@@ -3,6 +3,11 @@
 A task builds the seed-batched network, yields batches ``x[S, B, ...], y[S, B, ...]`` that live on
 the device (gathered by per-seed index tensors), computes a per-seed loss ``[S]``, accumulates its
 per-task metric on the device, and gives a probe batch for diagnostics at each task boundary.
+
+Inside a step (``batch``, ``loss``, ``step_metric``) a task reads the step only as a device tensor
+and updates its buffers in place, so that a block of steps can be captured and replayed; whatever
+depends on a host value (an epoch's shuffle, a learning-rate schedule, validation) happens between
+steps, in ``start_segment`` and ``end_segment``, every ``segment_every(t)`` steps.
 Every random draw goes through :mod:`plastibench.rng`, keyed by seed, so seed k never depends on
 the seeds beside it.
 """
@@ -35,7 +40,7 @@ class Task:
         self.data_dir = data_dir
         self.verify = verify
         self._metric_sum = torch.zeros(seeds.numel(), dtype=torch.float64, device=self.device)
-        self._metric_steps = 0
+        self._metric_steps = torch.zeros((), dtype=torch.int64, device=self.device)
 
     @classmethod
     def protocol(cls, name: str) -> Protocol:
@@ -67,11 +72,22 @@ class Task:
     def begin_task(self, task_index: int, net: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
         """Act on the learner once, before the task's first step (e.g. zero the output head)."""
 
-    def after_step(self, task_index: int, step: int, net: torch.nn.Module,
-                   optimizer: torch.optim.Optimizer) -> None:
-        """After every step (``step`` counts within the task): epoch ends, schedules, validation."""
+    def segment_every(self, task_index: int) -> int | None:
+        """Steps between the task's own events within task ``task_index`` (its epoch), or None."""
+        return None
 
-    def batch(self, task_index: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def start_segment(self, task_index: int, step: int) -> None:
+        """Between steps, before in-task step ``step`` (a host int): set up what the steps up to the
+        next event read (an epoch's order, in a persistent buffer). Must be idempotent: the engine
+        calls it before every segment, also mid-epoch after a resume."""
+
+    def end_segment(self, task_index: int, steps_done: int, net: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer) -> None:
+        """Between steps, once ``steps_done`` (a host int) is a multiple of ``segment_every``: epoch
+        ends, learning-rate schedules, validation."""
+
+    def batch(self, task_index: int, step: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch of in-task step ``step``, a 0-dim int64 device tensor (never a host int)."""
         raise NotImplementedError
 
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -92,19 +108,19 @@ class Task:
     # ----- bookkeeping shared by all tasks -----
     def observe(self, out: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> None:
         self._metric_sum += self.step_metric(out, y, loss).to(torch.float64)
-        self._metric_steps += 1
+        self._metric_steps += 1  # in place: a device counter
 
     def end_task(self, task_index: int, net: torch.nn.Module) -> torch.Tensor:
         """The task's metric per seed ``[S]`` (here the mean of ``step_metric``; tasks measured on
         held-out data evaluate ``net`` instead); resets the accumulator."""
-        value = self._metric_sum / max(1, self._metric_steps)
-        self._metric_sum = torch.zeros_like(self._metric_sum)
-        self._metric_steps = 0
+        value = self._metric_sum / self._metric_steps.clamp_min(1)
+        self._metric_sum.zero_()
+        self._metric_steps.zero_()
         return value
 
     def state_dict(self) -> dict[str, Any]:
-        return {"metric_sum": self._metric_sum.clone(), "metric_steps": self._metric_steps}
+        return {"metric_sum": self._metric_sum.clone(), "metric_steps": self._metric_steps.clone()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self._metric_sum = state["metric_sum"].to(self.device)
-        self._metric_steps = state["metric_steps"]
+        self._metric_sum.copy_(state["metric_sum"])
+        self._metric_steps.copy_(torch.as_tensor(state["metric_steps"]))

@@ -98,6 +98,7 @@ class ContinualImageNet(Task):
         }}
         self.pair = None
         self._epoch_key, self._epoch_order = None, None
+        self._rows = torch.arange(protocol.batch_size, device=self.device)
 
     def _class_order(self, store, use_reference: bool) -> tuple[torch.Tensor, str]:
         """Per-seed class positions ``[S, C]`` (indexes into the store's sorted classes)."""
@@ -130,21 +131,30 @@ class ContinualImageNet(Task):
         cls = self.pair.gather(1, label)
         return self.images[cls, row].float().mul_(self.scale)
 
-    def _epoch(self, task_index: int, epoch: int) -> torch.Tensor:
-        """The epoch's order of the task's training examples, ``[S, 2·train_per_class]``."""
-        key = (task_index, epoch)
-        if self._epoch_key != key:
+    def _steps_per_epoch(self) -> int:
+        return CLASSES_PER_TASK * self.protocol.settings["train_per_class"] // self.protocol.batch_size
+
+    def segment_every(self, task_index):
+        return self._steps_per_epoch()
+
+    def start_segment(self, task_index, step):
+        """The epoch's order of the task's training examples, ``[S, 2·train_per_class]``, written
+        into one persistent buffer (the steps read it in place)."""
+        epoch = step // self._steps_per_epoch()
+        if self._epoch_key != (task_index, epoch):
             n = CLASSES_PER_TASK * self.protocol.settings["train_per_class"]
-            step = task_index * (self.protocol.settings["epochs"] + 1) + epoch
-            self._epoch_order = rng.permutation(self.seeds, step, "cimagenet/epoch", n)
-            self._epoch_key = key
-        return self._epoch_order
+            key = task_index * (self.protocol.settings["epochs"] + 1) + epoch
+            order = rng.permutation(self.seeds, key, "cimagenet/epoch", n)
+            if self._epoch_order is None:
+                self._epoch_order = order
+            else:
+                self._epoch_order.copy_(order)
+            self._epoch_key = (task_index, epoch)
 
     def batch(self, task_index, step):
-        b, per_class = self.protocol.batch_size, self.protocol.settings["train_per_class"]
-        per_epoch = CLASSES_PER_TASK * per_class // b
-        epoch, k = divmod(step, per_epoch)
-        idx = self._epoch(task_index, epoch)[:, k * b:(k + 1) * b]
+        per_class = self.protocol.settings["train_per_class"]
+        k = step % self._steps_per_epoch()
+        idx = self._epoch_order.index_select(1, k * self.protocol.batch_size + self._rows)
         label = idx // per_class
         return self._images(label, idx % per_class), label
 

@@ -101,6 +101,7 @@ class IncrementalCIFAR100(Task):
         self.order = rng.permutation(seeds, 0, "icifar100/class_order", N_CLASSES)
         self.seen = 0
         self._epoch_key, self._epoch_order = None, None
+        self._rows = torch.arange(protocol.batch_size, device=self.device)
         self.best_accuracy, self.best_state = None, None
 
     @staticmethod
@@ -158,18 +159,28 @@ class IncrementalCIFAR100(Task):
         cls = self.order.gather(1, label)
         return table[cls, flat % n], label
 
-    def _epoch(self, task_index: int, epoch: int) -> torch.Tensor:
+    def segment_every(self, task_index):
+        return self.steps_per_epoch(task_index)
+
+    def start_segment(self, task_index, step):
+        """The epoch's order of the seen classes' training examples, in one persistent buffer per
+        increment (the steps read it in place)."""
+        epoch = step // self.steps_per_epoch(task_index)
         if self._epoch_key != (task_index, epoch):
             n = self.seen * self.protocol.settings["train_per_class"]
-            step = task_index * (self.protocol.settings["epochs"] + 1) + epoch
-            self._epoch_order = rng.permutation(self.seeds, step, "icifar100/epoch", n)
+            key = task_index * (self.protocol.settings["epochs"] + 1) + epoch
+            order = rng.permutation(self.seeds, key, "icifar100/epoch", n)
+            if self._epoch_order is None or self._epoch_order.shape != order.shape:
+                self._epoch_order = order
+            else:
+                self._epoch_order.copy_(order)
             self._epoch_key = (task_index, epoch)
-        return self._epoch_order
 
     def batch(self, task_index, step):
         b = self.protocol.batch_size
-        epoch, k = divmod(step, self.steps_per_epoch(task_index))
-        index, label = self._labelled(self.train_index, self._epoch(task_index, epoch)[:, k * b:(k + 1) * b])
+        k = step % self.steps_per_epoch(task_index)
+        flat = self._epoch_order.index_select(1, k * b + self._rows)
+        index, label = self._labelled(self.train_index, flat)
         x = self._images(self.train_images, index)
         global_step = self.task_offset(task_index) + step
         return augment_cifar(x, self.seeds, global_step, "icifar100/augment/train"), label
@@ -196,11 +207,8 @@ class IncrementalCIFAR100(Task):
             yield x, label
 
     # ----- validation, early stopping, test -----
-    def after_step(self, task_index, step, net, optimizer):
-        per_epoch = self.steps_per_epoch(task_index)
-        if (step + 1) % per_epoch:
-            return
-        epoch = (step + 1) // per_epoch  # the epoch about to start
+    def end_segment(self, task_index, steps_done, net, optimizer):
+        epoch = steps_done // self.steps_per_epoch(task_index)  # the epoch about to start
         cfg = self.protocol.settings
         if cfg["early_stopping"]:
             val = accuracy(net, self._held_out(self.train_images, self.val_index, cfg["val_per_class"], None),

@@ -62,6 +62,7 @@ class PermutedMNIST(Task):
         self.current = -1
         self.pixels = torch.arange(_PIXELS, device=self.device).expand(s, -1).clone()
         self.order = torch.arange(len(self.labels), device=self.device).expand(s, -1).clone()
+        self._rows = torch.arange(protocol.batch_size, device=self.device)
 
     def network(self, seeds=None):
         cfg = self.protocol.settings
@@ -84,9 +85,8 @@ class PermutedMNIST(Task):
         return x.float().div_(255.0)
 
     def batch(self, task_index, step):
-        b, n = self.protocol.batch_size, len(self.labels)
-        pos = (torch.arange(step * b, (step + 1) * b, device=self.device) % n)
-        idx = self.order[:, pos]
+        pos = (step * self.protocol.batch_size + self._rows) % len(self.labels)
+        idx = self.order.index_select(1, pos)
         return self._inputs(idx), self.labels[idx]
 
     def loss(self, out, y):

@@ -76,6 +76,7 @@ class SlowlyChangingRegression(Task):
         s_count = (self.m - self.w1.sum(-1) + self.b1) / 2
         self.tau = cfg["beta"] * (self.m + 1) - s_count
         self._period = None
+        self._rows = torch.arange(protocol.batch_size, device=self.device)
 
     def network(self, seeds=None):
         cfg = self.protocol.settings
@@ -112,8 +113,8 @@ class SlowlyChangingRegression(Task):
             self._period = task_index
 
     def batch(self, task_index, step):
-        b = self.protocol.batch_size
-        return self.x[:, step * b:(step + 1) * b], self.y[:, step * b:(step + 1) * b]
+        rows = step * self.protocol.batch_size + self._rows
+        return self.x.index_select(1, rows), self.y.index_select(1, rows)
 
     def loss(self, out, y):
         return ((out - y) ** 2).mean(dim=(1, 2))

@@ -130,16 +130,16 @@ def check_resume(reference: Engine, method: str, task: str, data_dir: Path | Non
     proto = tiny_protocol(task)
     stop = proto.steps_per_task + proto.steps_per_task // 2 + 1  # task 1 is at least as long as task 0
     monkeypatch.setattr(engine_mod, "CHECK_EVERY", 7)
-    original, count = Engine._step, {"steps": 0, "interrupts": 0}
+    original, count = Engine.train_step, {"steps": 0, "interrupts": 0}
 
-    def step(self, task_index, step_in_task, offset=None):
+    def step(self):
         if count["steps"] == stop and not count["interrupts"]:
             count["interrupts"] += 1
             raise KeyboardInterrupt
         count["steps"] += 1
-        return original(self, task_index, step_in_task, offset)
+        return original(self)
 
-    monkeypatch.setattr(Engine, "_step", step)
+    monkeypatch.setattr(Engine, "train_step", step)
     with pytest.raises(KeyboardInterrupt):
         train(method, task, SEEDS, root / "resumed", data_dir, checkpoint_every=0)
     assert count["steps"] == stop and not (root / "resumed" / "summary.yaml").exists()

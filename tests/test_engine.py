@@ -117,13 +117,13 @@ def assert_same_run(a: Path, b: Path) -> None:
 @pytest.fixture
 def count_steps(monkeypatch):
     counter = {"n": 0}
-    original = engine_mod.Engine._step
+    original = engine_mod.Engine.train_step
 
-    def step(self, task_index, step, offset=None):
+    def step(self):
         counter["n"] += 1
-        return original(self, task_index, step, offset)
+        return original(self)
 
-    monkeypatch.setattr(engine_mod.Engine, "_step", step)
+    monkeypatch.setattr(engine_mod.Engine, "train_step", step)
     return counter
 
 

@@ -1,0 +1,71 @@
+"""Optimizers whose step is a pure function of device state (capturable on any device).
+
+PyTorch's SGD already is. Its Adam keeps the step count on the host unless ``capturable=True``, which
+PyTorch allows on CUDA only; :class:`DeviceAdam` is torch's Adam with the step count and the bias
+corrections on the parameters' device, on every device, so that the CPU checks of the conformance
+suite test the same step that a CUDA graph replays.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .protocol import OptimizerSpec
+
+
+class DeviceAdam(torch.optim.Adam):
+    """Adam (Kingma & Ba 2015) with coupled L2 ``weight_decay``, as ``torch.optim.Adam``:
+
+        g ← ∇ + λθ;  m ← β1·m + (1−β1)·g;  v ← β2·v + (1−β2)·g²;  t ← t + 1
+        θ ← θ − lr/(1−β1^t) · m / (√v / √(1−β2^t) + ε)
+
+    ``state[p]`` holds ``step`` (a float64 0-dim tensor on p's device), ``exp_avg`` and ``exp_avg_sq``,
+    as torch's Adam does, so state dicts, checkpoints and per-unit state resets carry over. The bias
+    corrections are computed in float64 on the device, as torch computes them in Python floats.
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, foreach=False)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.zeros((), dtype=torch.float64, device=p.device)
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                step, m, v = state["step"], state["exp_avg"], state["exp_avg_sq"]
+                grad = p.grad if wd == 0 else p.grad.add(p, alpha=wd)
+                step.add_(1)
+                m.lerp_(grad, 1 - beta1)
+                v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                step_size = lr / (1 - torch.pow(beta1, step))
+                correction2_sqrt = torch.sqrt(1 - torch.pow(beta2, step))
+                denom = (v.sqrt() / correction2_sqrt.to(p.dtype)).add_(eps)
+                p.sub_(m * step_size.to(p.dtype) / denom)
+        return loss
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        for state in self.state.values():  # torch's Adam keeps a host-side step; ours lives on the device
+            if "step" in state and "exp_avg" in state:
+                state["step"] = torch.as_tensor(state["step"], dtype=torch.float64).to(state["exp_avg"].device)
+
+
+def make_optimizer(params: list[torch.Tensor], spec: OptimizerSpec) -> torch.optim.Optimizer:
+    """PyTorch's SGD or :class:`DeviceAdam`: both act element-wise, so seeds stay independent."""
+    if spec.name == "sgd":
+        return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
+    if spec.name == "adam":
+        return DeviceAdam(params, lr=spec.lr, betas=spec.betas, eps=spec.eps, weight_decay=spec.weight_decay)
+    raise ValueError(f"unknown optimizer {spec.name!r}; known: sgd, adam")
