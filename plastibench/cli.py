@@ -21,8 +21,9 @@ from .cli_data import data_app
 from .cli_leaderboard import compare_command, leaderboard_app
 from .compose import describe
 from .data.paths import DataUnavailable
+from .errors import UsageError
 from .registry import METHODS, TASKS, UnknownName
-from .runner import UsageError, execute, plan, parse_overrides, resolve_device
+from .runner import execute, plan, parse_overrides, resolve_device
 
 app = typer.Typer(
     help="Benchmark plasticity-preserving methods for continual deep learning.\n\n"

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 
 from .cli_common import fail
-from .runner import UsageError
+from .errors import UsageError
 
 err = Console(stderr=True)
 

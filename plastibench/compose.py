@@ -26,10 +26,10 @@ from typing import Any, ClassVar, Mapping
 
 import torch
 
+from .errors import UsageError
 from .method import HyperparameterError, Method, StepInfo, make_optimizer
 from .protocol import OptimizerSpec
 from .registry import METHODS
-from .runner import UsageError
 
 SEPARATOR = "+"
 
@@ -221,3 +221,6 @@ def describe(cls: type[Method]) -> str:
     if issubclass(cls, Composite):
         return inspect.getdoc(cls) or cls.summary
     return _doc(cls)
+
+
+METHODS.composer = compose  # METHODS.get("cbp+l2") answers compositions

@@ -7,7 +7,6 @@ batched matmul, so a step costs about the same host time for 1 seed or 64.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -15,7 +14,8 @@ import torch
 from torch import nn
 
 from . import rng
-from .units import UnitGroup, UnitParam, UnitReset
+from .init import gain, init_bound  # noqa: F401 (gain: vision and methods/cbp import it from here)
+from .units import InitRule, UnitGroup, UnitParam, UnitReset
 
 
 def crelu(x: torch.Tensor) -> torch.Tensor:
@@ -42,35 +42,6 @@ ACTIVATIONS = {
 def width_factor(activation: str) -> int:
     """Outputs per unit of an activation: 2 for CReLU, else 1 (the next layer's fan-in multiplier)."""
     return 2 if activation == "crelu" else 1
-
-
-def gain(activation: str) -> float:
-    """Kaiming gain as in ``torch.nn.init.calculate_gain``; swish and elu use ReLU's, as the reference.
-
-    CReLU uses ReLU's √2 with the doubled fan-in: the 2n inputs ``relu(±z)`` carry E[h²] = Var(z)/2
-    each, so Var(w) = 2/(2n) keeps the next pre-activation's variance, as Kaiming does for ReLU."""
-    if activation in ("relu", "swish", "elu", "crelu"):
-        return math.sqrt(2.0)
-    if activation == "leaky_relu":
-        return math.sqrt(2.0 / (1 + 0.01**2))
-    if activation == "tanh":
-        return 5.0 / 3.0
-    if activation in ("sigmoid", "linear"):
-        return 1.0
-    raise ValueError(f"unknown activation {activation!r}; known: {sorted(ACTIVATIONS)}")
-
-
-def init_bound(scheme: str, fan_in: int, fan_out: int, activation: str) -> float:
-    """Half-width b of the uniform init U(-b, b), by the reference's names (``lop/algos/gnt.py``)."""
-    if scheme == "kaiming":
-        return gain(activation) * math.sqrt(3.0 / fan_in)
-    if scheme == "default":
-        return math.sqrt(1.0 / fan_in)
-    if scheme == "lecun":
-        return math.sqrt(3.0 / fan_in)
-    if scheme == "xavier":
-        return gain(activation) * math.sqrt(6.0 / (fan_in + fan_out))
-    raise ValueError(f"unknown init {scheme!r}; known: kaiming, default, lecun, xavier")
 
 
 class BatchedLinear(nn.Module):
@@ -212,6 +183,10 @@ class BatchedMLP(HiddenSites, nn.Module):
             )
             for i, (cur, nxt) in enumerate(zip(self.layers[:-1], self.layers[1:]))
         ]
+
+    def unit_init(self, group: UnitGroup) -> InitRule:
+        """A hidden unit's incoming weights, as initialised: U(±gain(act)·√(3/fan_in)) (Kaiming-uniform)."""
+        return InitRule("uniform", init_bound("kaiming", group.fan_in, group.n_units, group.activation))
 
     def weight_tensors(self) -> list[torch.Tensor]:
         """The weight matrices (no biases), for weight-magnitude diagnostics."""

@@ -22,9 +22,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter, MaxNLocator
 
+from .errors import UsageError
 from .registry import TASKS
 from .results import read_metrics, read_yaml
-from .runner import UsageError
 from .stats import mean_ci95
 
 # Per-task plot settings until Task carries them: tasks per bin (the paper's bins), and the tasks

@@ -74,12 +74,20 @@ class Registry(Generic[T]):
 
 
 class MethodRegistry(Registry):
-    """The method registry; ``get("cbp+l2")`` also answers compositions (``plastibench.compose``)."""
+    """The method registry; ``get("cbp+l2")`` also answers compositions.
+
+    Compositions are built by ``composer``, which :mod:`plastibench.compose` sets when imported;
+    the in-tree methods' package imports it, so discovery always provides it.
+    """
+
+    composer: Callable[[str], type] | None = None
 
     def get(self, name: str):
         if "+" in name:
-            from .compose import compose
-            return compose(name)
+            self._discover()
+            if self.composer is None:
+                raise RuntimeError("no composer for method compositions: import plastibench.compose")
+            return self.composer(name)
         return super().get(name)
 
     def in_tree(self, name: str) -> bool:

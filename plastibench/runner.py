@@ -8,13 +8,11 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from .compose import accepts
 from .engine import Engine, Progress
+from .errors import UsageError
 from .registry import METHODS, TASKS
 from .results import environment, read_yaml, run_config, run_dir, write_yaml
-
-
-class UsageError(ValueError):
-    """Bad command-line input: the CLI prints the message and exits with status 2."""
 
 
 def parse_seeds(text: str | None, default_count: int) -> list[int]:
@@ -40,8 +38,6 @@ def parse_overrides(items: Sequence[str], methods: Sequence[str]) -> dict[str, d
     A composition (``cbp+l2``) takes ``cbp+l2.cbp.KEY``, ``cbp.KEY`` and an unqualified ``KEY`` that
     exactly one of its parts has; ``cbp.KEY`` also reaches a plain ``cbp`` run beside it.
     """
-    from .compose import accepts
-
     out: dict[str, dict[str, str]] = {m: {} for m in methods}
     for item in items:
         key, eq, value = item.partition("=")

@@ -11,8 +11,8 @@ import keyword
 from pathlib import Path
 from string import Template
 
+from .errors import UsageError
 from .registry import METHODS
-from .runner import UsageError
 
 TEMPLATE = Template('''\
 """$name: TODO one line saying what the method does.

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .init import init_bound
+
 
 @dataclass(frozen=True)
 class UnitParam:
@@ -168,19 +170,12 @@ def incoming_shape(group: UnitGroup) -> tuple[int, ...]:
 def incoming_init(net: torch.nn.Module, group: UnitGroup) -> InitRule:
     """The distribution ``net`` drew ``group``'s incoming weights from at initialisation.
 
-    A network may state it with a method ``unit_init(group) -> InitRule``. Otherwise the rules of
-    this package's networks: BatchedMLP, U(±gain(act)·√(3/fan_in)) (Kaiming-uniform);
-    BatchedConvNet, U(±√(1/fan_in)) (torch's default, convs and linears alike); BatchedResNet18,
-    N(0, 2/fan_in) (Kaiming-normal). Any other network gets CBP's convention
-    (``methods/cbp.py::_bound``): Kaiming-uniform for linear units, U(±√(1/fan_in)) for conv filters.
+    A network states it with a method ``unit_init(group) -> InitRule`` (this package's networks do).
+    A network without one gets CBP's convention (``methods/cbp.py::_bound``): Kaiming-uniform,
+    U(±gain(act)·√(3/fan_in)), for linear units; U(±√(1/fan_in)) for conv filters.
     """
     rule = getattr(net, "unit_init", None)
     if rule is not None:
         return rule(group)
-    from .nn import BatchedMLP, gain, init_bound
-    from .vision import BatchedConvNet, BatchedResNet18
-    if isinstance(net, BatchedResNet18):
-        return InitRule("normal", gain("relu") / group.fan_in ** 0.5)
-    if isinstance(net, BatchedConvNet) or (not isinstance(net, BatchedMLP) and group.incoming_weight.param.dim() > 3):
-        return InitRule("uniform", init_bound("default", group.fan_in, group.n_units, group.activation))
-    return InitRule("uniform", init_bound("kaiming", group.fan_in, group.n_units, group.activation))
+    scheme = "default" if group.incoming_weight.param.dim() > 3 else "kaiming"
+    return InitRule("uniform", init_bound(scheme, group.fan_in, group.n_units, group.activation))

@@ -19,7 +19,7 @@ from torch import nn
 
 from . import rng
 from .nn import BatchedLinear, HiddenSites, gain, init_bound, width_factor
-from .units import UnitGroup, UnitParam, UnitReset
+from .units import InitRule, UnitGroup, UnitParam, UnitReset
 
 
 def _fold(x: torch.Tensor) -> torch.Tensor:
@@ -167,6 +167,11 @@ class BatchedConvNet(HiddenSites, nn.Module):
         return [_unit_group(name, cur, nxt, self.site_resets(i), self.activation_name)
                 for i, (name, cur, nxt) in enumerate(zip(names, layers, layers[1:]))]
 
+    def unit_init(self, group: UnitGroup) -> InitRule:
+        """A hidden unit's incoming weights, as initialised: U(±√(1/fan_in)) (torch's default, convs
+        and linears alike)."""
+        return InitRule("uniform", init_bound("default", group.fan_in, group.n_units, group.activation))
+
     def weight_tensors(self) -> list[torch.Tensor]:
         """The conv and linear weights (no biases), for weight-magnitude diagnostics."""
         return [layer.weight for layer in self.weight_layers()]
@@ -275,6 +280,10 @@ class BatchedResNet18(HiddenSites, nn.Module):
         nxt = [conv for _, conv, _ in hidden[1:]] + [self.fc]
         return [_unit_group(name, conv, after, bn.unit_resets() + self.site_resets(i), self.activation_name)
                 for i, ((name, conv, bn), after) in enumerate(zip(hidden, nxt))]
+
+    def unit_init(self, group: UnitGroup) -> InitRule:
+        """A hidden unit's incoming weights (conv filters), as initialised: N(0, 2/fan_in) (Kaiming-normal)."""
+        return InitRule("normal", gain("relu") / group.fan_in ** 0.5)
 
     def weight_tensors(self) -> list[torch.Tensor]:
         """Every conv weight (downsample included) and the fc weight, no biases or BN parameters.

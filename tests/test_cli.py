@@ -14,8 +14,9 @@ import yaml
 from typer.testing import CliRunner
 
 from plastibench.cli import app
+from plastibench.errors import UsageError
 from plastibench.registry import TASKS
-from plastibench.runner import UsageError, plan
+from plastibench.runner import plan
 
 WIDE = {"COLUMNS": "250"}  # rich tables are not truncated
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,10 +17,11 @@ from typer.testing import CliRunner
 from plastibench.cli import app
 from plastibench.compose import Composite, CompositionError, compose
 from plastibench.engine import Engine
+from plastibench.errors import UsageError
 from plastibench.method import HyperparameterError
 from plastibench.registry import METHODS, TASKS, UnknownName
 from plastibench.results import run_config
-from plastibench.runner import UsageError, parse_overrides
+from plastibench.runner import parse_overrides
 
 CPU = torch.device("cpu")
 ACTIVE = {"cbp.replacement_rate": 0.05, "cbp.maturity_threshold": 5}  # CBP replaces units within 100 steps
@@ -85,6 +88,13 @@ def test_composite_class_combines_the_parts():
     assert cls.hparams_for("scr")["cbp.maturity_threshold"] == 10  # the part's task defaults
     assert cls.choices["cbp.utility"] == METHODS.get("cbp").choices["utility"]
     assert METHODS.in_tree("cbp+l2")
+
+
+def test_the_registry_alone_answers_compositions():
+    # no import of plastibench.compose: discovering the methods brings the registry its composer
+    code = "from plastibench.registry import METHODS; print(METHODS.get('cbp+l2').name)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "cbp+l2"
 
 
 @pytest.mark.parametrize("name, message", [
