@@ -14,8 +14,9 @@ unit group) of a network in train mode,
 dropped then). m_e = 1 iff u_e ≥ p with u = ``rng.uniform(seed, step, "dropout/site<i>",
 h.shape[1:])``, a pure function of (seed, global step, site, element): seed k alone draws what it
 draws beside other seeds, and a resumed run draws what the uninterrupted one does (the step is the
-run's device clock, ``run.clock.step``, checkpointed by the engine). A second train-mode forward in
-the same step reuses that step's masks.
+run's device clock, ``run.clock.step``, which the engine sets from its checkpointed step counters
+before each segment: the method keeps no state of its own). A second train-mode forward in the
+same step reuses that step's masks.
 
 Where: right after the activation, before any pooling, so on the ConvNet dropout acts on the
 conv maps before each max-pool and on fc1/fc2; on the ResNet-18 after each of the 17 ReLUs,

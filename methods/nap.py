@@ -84,7 +84,12 @@ class NormalizeAndProject(Method):
 
     def after_step(self, info):
         period = self.hp["period"]
-        self.project(None if period == 1 else (info.step + 1) % period == 0)
+        if period == 1:
+            self.project()
+            return
+        # a device mask from the device step (a host int, in tests of the hook, becomes a tensor)
+        step = torch.as_tensor(info.step, device=self.run.seeds.device)
+        self.project((step + 1) % period == 0)
 
     def state_dict(self):
         return {"targets": [t.clone() for t in self.targets]}

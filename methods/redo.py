@@ -12,8 +12,9 @@ Update rule. For every hidden layer l with units i (conv channels count as units
     unit i is τ-dormant when s_i ≤ τ.
 
 After every F-th optimizer step (global steps F−1, 2F−1, ...; dopamine's ``update_step % F == 0``,
-``update_step > 0``), each dormant unit gets: incoming weights redrawn from the network's own
-initial distribution (``plastibench.units.incoming_init``: Kaiming-uniform for the MLPs,
+``update_step > 0``; in ``on_period``, which the engine calls between steps), each dormant unit
+gets: incoming weights redrawn from the network's own initial distribution
+(``plastibench.units.incoming_init``: Kaiming-uniform for the MLPs,
 U(±√(1/fan_in)) for the ConvNet, Kaiming-normal for the ResNet), bias 0, outgoing weights 0, and
 its BatchNorm/LayerNorm reset where it has one (weight 1, bias 0, running mean 0, variance 1). As
 in dopamine, all layers' incoming weights are redrawn before any outgoing weights are zeroed, so a

@@ -27,11 +27,17 @@ Pinned where sources disagree:
 * Where every trace of a seed is 0 (e.g. all gradients zero on the first step) the code divides
   0 by 0 and writes NaN into the weights; we take that ratio as 0 (ū = ½). Everywhere the code is
   finite this is the code's value.
-* ξ comes from ``plastibench.rng`` keyed by (seed, the optimizer's step count t, parameter name),
-  not from torch's global generator: seed k alone equals seed k beside others, and resume is exact.
+* ξ comes from ``plastibench.rng`` keyed by (seed, t, parameter name), not from torch's global
+  generator: seed k alone equals seed k beside others, and resume is exact. In a run, t is the
+  run's device clock plus one (``run.clock.step + 1``, read from the prepared ``rng.Block``), which
+  is the optimizer's own step count as long as nothing resets the optimizer state; a method that
+  clears it (``fire+upgd`` at a task boundary) restarts the bias correction's count but not the
+  noise stream, whose key stays within the steps the engine prepared. An optimizer built without a
+  clock (standalone use, tests) keys ξ by its own step count and draws it directly.
 
-Optimizer-state policy: the traces u and the step count live in the optimizer's per-parameter state
-and are checkpointed with it; UPGD resets nothing itself. Composed with a unit re-initialiser
+Optimizer-state policy: the traces u and the step count t (an int64 device tensor, incremented in
+place) live in the optimizer's per-parameter state and are checkpointed with it; UPGD resets
+nothing itself. Composed with a unit re-initialiser
 (``cbp+upgd`` with ``reset_optimizer_state``) the traces of the re-initialised weights are zeroed,
 so those weights get ū = ½ until their traces grow again. The protocol's SGD settings (step size,
 momentum, weight decay) are not used: UPGD has its own η and λ and no momentum. On ``icifar100``
@@ -56,6 +62,7 @@ from __future__ import annotations
 import torch
 
 from plastibench import rng
+from plastibench.clock import StepClock
 from plastibench.method import Method
 from plastibench.registry import register_method
 
@@ -64,18 +71,28 @@ class UPGDOptimizer(torch.optim.Optimizer):
     """First-order, global-max UPGD on seed-batched parameters ``[S, ...]``.
 
     ``purposes[i]`` names the i-th parameter (over all groups, in order) for its noise draws.
+    With the run's ``clock`` the noise of a step is keyed by ``clock.step + 1`` and read from a
+    prepared :class:`rng.Block`; without one, by the optimizer's own step count, drawn directly.
     """
 
     def __init__(self, params, seeds: torch.Tensor, purposes: list[str], lr: float, weight_decay: float,
-                 beta_utility: float, sigma: float):
+                 beta_utility: float, sigma: float, clock: StepClock | None = None):
         defaults = dict(lr=lr, weight_decay=weight_decay, beta_utility=beta_utility, sigma=sigma)
         super().__init__(params, defaults)
         self.seeds = seeds
+        self.clock = clock
         flat = [p for group in self.param_groups for p in group["params"]]
         if len(purposes) != len(flat):
             raise ValueError(f"{len(purposes)} names for {len(flat)} parameters")
-        self._noise = {id(p): rng.Block(seeds, f"upgd/{name}", tuple(p.shape[1:]), rng.normal)
-                       for p, name in zip(flat, purposes)}
+        self._purposes = {id(p): f"upgd/{name}" for p, name in zip(flat, purposes)}
+        self._noise = ({id(p): rng.Block(seeds, self._purposes[id(p)], tuple(p.shape[1:]), rng.normal)
+                        for p in flat} if clock is not None else {})
+
+    def _xi(self, p: torch.Tensor, step_count: torch.Tensor) -> torch.Tensor:
+        """ξ ``[S, ...]`` of ``p`` for this step (see the class docstring for its key)."""
+        if self.clock is not None:
+            return self._noise[id(p)].at(self.clock.step + 1)
+        return rng.normal(self.seeds, step_count, self._purposes[id(p)], tuple(p.shape[1:]))
 
     @staticmethod
     def _per_seed(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -108,7 +125,7 @@ class UPGDOptimizer(torch.optim.Optimizer):
             ratio = corrected / self._per_seed(global_max, p)
             ratio = torch.where(corrected == 0, torch.zeros_like(ratio), ratio)
             gate = 1 - torch.sigmoid(ratio)
-            direction = p.grad if sigma == 0 else p.grad + sigma * self._noise[id(p)].at(state["step"])
+            direction = p.grad if sigma == 0 else p.grad + sigma * self._xi(p, state["step"])
             p.mul_(1 - lr * group["weight_decay"]).add_(direction * gate, alpha=-lr)
         return loss
 
@@ -132,4 +149,4 @@ class UPGD(Method):
         purposes = [names.get(id(p), f"param{i}") for i, p in enumerate(params)]
         return UPGDOptimizer(params, self.run.seeds, purposes, lr=self.hp["lr"],
                              weight_decay=self.hp["weight_decay"], beta_utility=self.hp["beta_utility"],
-                             sigma=self.hp["sigma"])
+                             sigma=self.hp["sigma"], clock=self.run.clock)

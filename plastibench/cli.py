@@ -9,6 +9,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
+import torch
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -23,7 +24,7 @@ from .compose import describe
 from .data.paths import DataUnavailable
 from .errors import UsageError
 from .registry import METHODS, TASKS, UnknownName
-from .runner import execute, plan, parse_overrides, resolve_device
+from .runner import execute, plan, parse_overrides, resolve_capture, resolve_device
 
 app = typer.Typer(
     help="Benchmark plasticity-preserving methods for continual deep learning.\n\n"
@@ -70,6 +71,10 @@ def run(
                                                      "user cache dir).")] = None,
     verify: Annotated[bool, typer.Option(help="Check dataset checksums against the official files.")] = True,
     checkpoint_every: Annotated[float, typer.Option(help="Seconds between checkpoints.", min=0)] = 120.0,
+    capture: Annotated[str, typer.Option(help="auto: replay captured steps (CUDA graphs) on CUDA, eager "
+                                         "elsewhere; off: always eager; compile: torch.compile the step. "
+                                         "Results agree to float rounding; recorded in environment.yaml.")
+                       ] = "auto",
 ):
     """Train every seed of each method in one batched model; resume if interrupted.
 
@@ -88,6 +93,7 @@ def run(
     methods = [m.strip() for m in method.split(",") if m.strip()]
     try:
         dev = resolve_device(device)
+        resolve_capture(capture, dev)
         overrides = parse_overrides(set_, methods)
         plans = [plan(m, task, protocol, seeds, overrides[m], out) for m in methods]
     except (UnknownName, UsageError) as exc:
@@ -114,7 +120,7 @@ def run(
 
             try:
                 summary = execute(p, device=dev, data_dir=data_dir, verify=verify,
-                                  checkpoint_every=checkpoint_every, on_progress=on_progress)
+                                  checkpoint_every=checkpoint_every, on_progress=on_progress, capture=capture)
             except DataUnavailable as exc:
                 raise fail(str(exc), 1)
             except KeyboardInterrupt:
@@ -140,37 +146,81 @@ def _print_table(summaries) -> None:
 
 @app.command()
 def bench(
-    method: Annotated[str, typer.Option("--method", "-m", help="Method to time.")] = "cbp",
+    method: Annotated[str, typer.Option("--method", "-m", help="Method(s) to time, comma-separated.")] = "cbp",
     task: Annotated[str, typer.Option("--task", "-t", help="Task whose network and data are used.")] = "scr",
     protocol: Annotated[str, typer.Option("--protocol", "-p", help="Protocol (sets net, batch, optimizer).")] = "paper",
     seeds: Annotated[str, typer.Option(help="Seed counts S to time, comma-separated.")] = "1,10,100",
     steps: Annotated[int, typer.Option(help="Timed steps per S.", min=1)] = 2000,
-    warmup: Annotated[int, typer.Option(help="Untimed steps first.", min=0)] = 200,
+    warmup: Annotated[int, typer.Option(help="Untimed steps first (they include the graph captures).",
+                                        min=0)] = 200,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    capture: Annotated[str, typer.Option(help="Also time the captured step: auto (CUDA graphs on CUDA), "
+                                         "cuda-graph, compile (torch.compile) or off (eager only).")] = "auto",
+    baseline: Annotated[str, typer.Option(help="loop: also time one torch.nn model and optimizer per seed in "
+                                          "a Python loop, as the reference trains (bp, cbp); none: skip.")] = "none",
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write every measurement to this "
+                                                     "JSON file.")] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="Dataset root.")] = None,
     verify: Annotated[bool, typer.Option(help="Check dataset checksums.")] = True,
 ):
-    """Measure training throughput (seed-steps/s) for several seed counts S."""
-    from .bench import seed_steps_per_second
+    """Measure training throughput (seed-steps/s) and operations per step for several seed counts S.
+
+    Each S is timed eagerly and, where --capture gives a captured step, captured; with
+    --baseline loop the reference's way (a Python loop over per-seed models) is timed beside it on
+    the same network, batch and data, so the speed-up is a ratio from one run on one machine.
+
+    Examples:
+
+      plastibench bench -m bp,cbp -t scr --seeds 1,10,100 --baseline loop
+
+      plastibench bench -m cbp -t pmnist --seeds 1,8,32 --steps 500 --warmup 50 --device cuda --json pm.json
+    """
+    from .bench import measure, measure_loop
+    from .capture import resolve
+    methods = [m.strip() for m in method.split(",") if m.strip()]
     try:
         dev = resolve_device(device)
         counts = [int(c) for c in seeds.split(",")]
-        METHODS.get(method), TASKS.get(task).protocol(protocol)
+        if not methods or any(c < 1 for c in counts):
+            raise UsageError("--method needs a name and --seeds counts of at least 1, e.g. --seeds 1,10,100")
+        if baseline not in ("none", "loop"):
+            raise UsageError(f"--baseline {baseline!r}: choose none or loop")
+        modes = ["off"] + ([capture] if resolve(capture, dev) != "eager" else [])
+        for m in methods:
+            METHODS.get(m)
+        proto = TASKS.get(task).protocol(protocol)
+        if warmup + 1 + steps > proto.steps_per_task:
+            raise UsageError(f"{task}/{protocol} has {proto.steps_per_task} steps per task; ask for fewer "
+                             f"(--warmup {warmup} + --steps {steps})")
     except (UnknownName, UsageError, ValueError) as exc:
         raise fail(str(exc.args[0]) if exc.args else str(exc), 2)
-    table = Table(title=f"{method} on {task}/{protocol}, {dev}, {steps} timed steps")
-    for col in ("seeds S", "seed-steps/s", "steps/s", "speed-up vs S=" + str(counts[0])):
+    table = Table(title=f"{task}/{protocol} on {dev}, {steps} timed steps (seed-steps/s)")
+    for col in ("method", "seeds S", "mode", "seed-steps/s", "ops/step", "vs eager S=1", "vs loop"):
         table.add_column(col, justify="right")
-    base = None
-    for n in counts:
-        try:
-            rate = seed_steps_per_second(method, task, protocol, n, steps=steps, warmup=warmup, device=dev,
-                                         data_dir=data_dir, verify=verify)
-        except DataUnavailable as exc:
-            raise fail(str(exc), 1)
-        base = base or rate
-        table.add_row(str(n), _rate(rate), _rate(rate / n), f"{rate / base:.2f}x")
+    results = []
+    try:
+        for m in methods:
+            eager_one = None
+            for n in counts:
+                loop = (measure_loop(m, task, protocol, n, steps=steps, warmup=warmup, device=dev,
+                                     data_dir=data_dir, verify=verify) if baseline == "loop" else None)
+                rows = [measure(m, task, protocol, n, steps=steps, warmup=warmup, device=dev, capture=mode,
+                                data_dir=data_dir, verify=verify) for mode in modes]
+                eager_one = eager_one or rows[0].seed_steps_per_s
+                for r in rows + ([loop] if loop else []):
+                    vs_loop = f"{r.seed_steps_per_s / loop.seed_steps_per_s:.1f}x" if loop and r is not loop else ""
+                    table.add_row(m, str(n), r.mode, _rate(r.seed_steps_per_s),
+                                  "-" if r.ops_per_step is None else str(r.ops_per_step),
+                                  f"{r.seed_steps_per_s / eager_one:.2f}x", vs_loop)
+                    results.append(r.as_dict())
+    except DataUnavailable as exc:
+        raise fail(str(exc), 1)
+    except ValueError as exc:  # e.g. no loop baseline for this method and task
+        raise fail(str(exc), 2)
     Console().print(table)
+    if json_out is not None:
+        json_out.write_text(json.dumps({"device": str(dev), "torch": torch.__version__, "steps": steps,
+                                        "warmup": warmup, "results": results}, indent=2) + "\n")
 
 
 def _rate(value: float) -> str:

@@ -109,7 +109,8 @@ class Block:
         self.first: int | None = None  # host copy of ``start``, for planning only
         if not self.direct:
             self.start = torch.zeros((), dtype=torch.int64, device=seeds.device)
-            self.values = torch.empty(seeds.numel(), self.length, *shape, device=seeds.device)
+            # NaN until prepared: a read outside a prepared segment shows, rather than returning garbage
+            self.values = torch.full((seeds.numel(), self.length, *shape), math.nan, device=seeds.device)
         _runs(seeds).blocks.add(self)
         if _runs(seeds).segment is not None:
             self.prepare(*_runs(seeds).segment)

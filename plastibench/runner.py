@@ -9,6 +9,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from .compose import accepts
+from .capture import resolve
 from .engine import Engine, Progress
 from .errors import UsageError
 from .registry import METHODS, TASKS
@@ -77,6 +78,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def resolve_capture(mode: str, device: torch.device) -> str:
+    """The stepper ``--capture mode`` gives on ``device`` (eager, cuda-graph or compile)."""
+    try:
+        return resolve(mode, device)
+    except ValueError as exc:
+        raise UsageError(f"--capture {mode}: {exc}") from None
+
+
 @dataclass
 class Plan:
     """One configuration to run: its config, directory and whether it is already finished."""
@@ -104,15 +113,18 @@ def plan(method: str, task: str, protocol: str, seeds: str | None, overrides: Ma
 
 
 def execute(p: Plan, *, device: torch.device, data_dir=None, verify: bool = True, checkpoint_every: float = 120.0,
-            on_progress: Callable[[Progress], None] = lambda _: None) -> dict[str, Any]:
+            on_progress: Callable[[Progress], None] = lambda _: None, capture: str = "off") -> dict[str, Any]:
     """Run (or resume) one plan and return its summary; a finished plan is read, not recomputed."""
     if p.done:
         return read_yaml(p.directory / "summary.yaml")
     task_cls = TASKS.get(p.config["task"])
     engine = Engine(METHODS.get(p.method), p.hparams, task_cls, task_cls.protocol(p.config["protocol"]),
                     p.config["seeds"], device=device, directory=p.directory, config=p.config,
-                    data_dir=data_dir, verify=verify, checkpoint_every=checkpoint_every)
+                    data_dir=data_dir, verify=verify, checkpoint_every=checkpoint_every, capture=capture)
     if not engine.resume():
         write_yaml(p.directory / "config.yaml", p.config)
-    write_yaml(p.directory / "environment.yaml", environment(device, engine.task.data_record()))
+    env = environment(device, engine.task.data_record())
+    env["capture"] = {"asked": capture, "used": engine.stepper.mode,
+                      "method_capturable": bool(getattr(engine.method, "capturable", True))}
+    write_yaml(p.directory / "environment.yaml", env)
     return engine.run(on_progress)

@@ -46,12 +46,19 @@ def test_task_t_uses_the_pair_2t_2t_plus_1_of_the_tiled_order(tiny_imagenet32):
     assert torch.equal(task.pair, task.order[:, [4, 0]])
 
 
+def batch_at(task, t, step):
+    """The batch of in-task step ``step`` as the engine gets it: the segment set up on the host,
+    then the step read as a device tensor."""
+    task.start_segment(t, step)
+    return task.batch(t, torch.tensor(step))
+
+
 def test_an_epoch_shows_every_training_image_once_with_its_label(tiny_imagenet32):
     task = make_task(tiny_imagenet32)
     images = store_images(tiny_imagenet32).float() * (1 / 255)
     task.start_task(1)
     per_epoch = 2 * 20 // SMOKE.batch_size
-    xs, ys = zip(*(task.batch(1, step) for step in range(per_epoch)))
+    xs, ys = zip(*(batch_at(task, 1, step) for step in range(per_epoch)))
     x, y = torch.cat(xs, 1), torch.cat(ys, 1)
     for s in range(3):
         pair = task.pair[s]
@@ -62,7 +69,7 @@ def test_an_epoch_shows_every_training_image_once_with_its_label(tiny_imagenet32
             got = x[s][y[s] == label].flatten(1)
             want = images[pair[label], :20].flatten(1)
             assert torch.equal(torch.sort(got.sum(1)).values, torch.sort(want.sum(1)).values)
-    second = torch.cat([task.batch(1, step)[1] for step in range(per_epoch, 2 * per_epoch)], 1)
+    second = torch.cat([batch_at(task, 1, step)[1] for step in range(per_epoch, 2 * per_epoch)], 1)
     assert not torch.equal(second, y)  # reshuffled every epoch
 
 

@@ -2,7 +2,10 @@
 
 For each (method, task): every metric, summary value and
 parameter is finite; a run interrupted mid-task and resumed ends bit for bit where the
-uninterrupted run does; seed k run alone equals seed k run beside others. Methods come from the
+uninterrupted run does; seed k run alone equals seed k run beside others; and the step can be
+captured (``plastibench.checks``: no host synchronisation inside a step, the same operations with
+the same shapes and arguments in every in-task step, no tensor created on the default device, no
+host state changed or state tensor rebound inside a step). Methods come from the
 registry when the suite is collected, so a method file added to ``methods/`` is tested at once:
 
     python -m pytest tests/test_conformance.py -k NAME
@@ -22,6 +25,7 @@ import pytest
 import torch
 
 from plastibench import engine as engine_mod
+from plastibench.checks import check_step
 from plastibench.engine import Engine
 from plastibench.protocol import Protocol
 from plastibench.registry import METHODS, TASKS
@@ -215,6 +219,17 @@ def test_metrics_and_parameters_are_finite(request, reference, method, task):
 def test_resume_mid_task_is_bit_identical(request, reference, tmp_path, monkeypatch, method, task):
     data_dir = data_for(request, task)
     check_resume(reference(method, task, data_dir), method, task, data_dir, tmp_path, monkeypatch)
+
+
+@pytest.mark.parametrize("method, task", CASES)
+def test_step_is_capturable(request, tmp_path, method, task):
+    data_dir = data_for(request, task)
+    cls, proto = METHODS.get(method), tiny_protocol(task)
+    hparams = cls.hparams_for(task, ACTIVE.get(method, {}).get(task))
+    engine = Engine(cls, hparams, TASKS.get(task), proto, SEEDS, device=CPU, directory=tmp_path, config={},
+                    data_dir=data_dir, verify=data_dir is None)
+    assert cls.capturable, f"{method} declares itself not capturable"
+    assert check_step(engine, n_steps=min(proto.steps_per_task, 12)) == []
 
 
 @pytest.mark.parametrize("method, task", CASES)

@@ -51,8 +51,11 @@ def test_increment_t_trains_on_the_first_classes_of_the_seed_order(tiny_cifar100
     assert task.steps_per_epoch(1) == 4 and task.steps_in_task(1) == 8
     labels, indexes = [], []
     for step in range(4):
-        flat = task._epoch(1, 0)[:, step * 6:(step + 1) * 6]
+        task.start_segment(1, step)
+        flat = task._epoch_order[:, step * 6:(step + 1) * 6]
         index, label = task._labelled(task.train_index, flat)
+        # the step reads the same examples, its in-task step a device tensor
+        assert torch.equal(task.batch(1, torch.tensor(step))[1], label)
         labels.append(label)
         indexes.append(index)
     label, index = torch.cat(labels, 1), torch.cat(indexes, 1)

@@ -1,7 +1,9 @@
 """``dropout``: inverted dropout after every hidden nonlinearity in train mode, nothing in eval mode.
 
 Masks are a pure function of (seed, step, site): the train-mode forward is recomputed here from
-``rng.uniform`` by hand, seed by seed, on the MLP, the ConvNet and the ResNet-18.
+``rng.uniform`` by hand, seed by seed, on the MLP, the ConvNet and the ResNet-18. The step is the
+run's device clock, ``run.clock.step``; outside the engine the tests set it and prepare the random
+blocks for it, as the engine does before each segment.
 """
 
 import tempfile
@@ -10,6 +12,7 @@ import pytest
 import torch
 
 from plastibench import rng
+from plastibench.clock import StepClock
 from plastibench.engine import Engine
 from plastibench.method import RunContext, StepInfo
 from plastibench.nn import BatchedMLP, MLPSpec
@@ -19,10 +22,19 @@ from plastibench.vision import BatchedConvNet, BatchedResNet18
 SEEDS = torch.tensor([0, 1, 2])
 
 
-def dropout(seeds: torch.Tensor, net: torch.nn.Module, p: float = 0.1):
+def dropout(seeds: torch.Tensor, net: torch.nn.Module, p: float = 0.1, step: int = 0):
     cls = METHODS.get("dropout")
-    method = cls(cls.hparams_for("pmnist", {"p": p}), RunContext(seeds=seeds, task="pmnist", protocol=None))
+    run = RunContext(seeds=seeds, task="pmnist", protocol=None, clock=StepClock(seeds.device))
+    method = cls(cls.hparams_for("pmnist", {"p": p}), run)
+    at_step(method, step)
     return method, method.configure_network(net)
+
+
+def at_step(method, step: int) -> None:
+    """What the engine does before a segment that starts at global step ``step``: set the device
+    clock and prepare the random blocks of the run's seeds."""
+    method.run.clock.set(step, step)
+    rng.prepare(method.run.seeds, step, 1)
 
 
 def by_hand(seeds: torch.Tensor, step: int, p: float):
@@ -58,8 +70,7 @@ def test_train_forward_equals_hand_masks_and_eval_forward_equals_the_base_net(ki
             "resnet": (lambda: BatchedResNet18(SEEDS, num_classes=5, widths=(8, 16, 16, 16)), (3, 8, 8))}[kind]
     x = torch.randn(3, 2, *make[1], generator=torch.Generator().manual_seed(0))
     base = make[0]()
-    method, net = dropout(SEEDS, make[0](), p)
-    method.next_step = step
+    method, net = dropout(SEEDS, make[0](), p, step=step)
     base.eval(), net.eval()  # first, while BN running statistics are still the same
     torch.testing.assert_close(net(x)[0], base(x)[0], rtol=0, atol=0)
     base.train(), net.train()
@@ -80,25 +91,79 @@ def test_seed_alone_draws_the_masks_it_draws_beside_others_and_steps_differ():
     h = torch.ones(3, 5, 64)
     assert torch.equal(together.post_activation(0, h)[2:], alone.post_activation(0, h[2:]))
     first = alone.post_activation(0, h[2:])
-    method.after_step(StepInfo(step=0, task_index=0))
-    assert method.next_step == 1 and not torch.equal(alone.post_activation(0, h[2:]), first)
+    assert torch.equal(first, by_hand(alone_seeds, 0, 0.1)(0, h[2:]))
+    method.after_step(StepInfo(step=method.run.clock.step, task_index=0))
+    method.run.clock.tick()  # the engine's end of the step: the next forward is step 1's
+    second = alone.post_activation(0, h[2:])
+    assert torch.equal(second, by_hand(alone_seeds, 1, 0.1)(0, h[2:])) and not torch.equal(second, first)
     assert not torch.equal(alone.post_activation(1, h[2:]), alone.post_activation(0, h[2:]))  # sites differ
 
 
-def test_engine_keys_masks_by_global_step_and_checkpoints_it():
+def record_masks(engine, seen: list) -> None:
+    """Wrap the engine's dropout so that every train-mode call appends (global step, site, h, out)."""
+    drop = engine.net.post_activation
+
+    def recorder(site, h):
+        out = drop(site, h)
+        if engine.net.training:
+            seen.append((int(engine.clock.step), site, h.clone(), out.clone()))
+        return out
+
+    engine.net.set_post_activation(recorder)
+
+
+def scr_engine(directory):
     cls, task = METHODS.get("dropout"), TASKS.get("scr")
-    engine = Engine(cls, cls.hparams_for("scr"), task, task.protocol("smoke"), [0, 1],
-                    device=torch.device("cpu"), directory=tempfile.mkdtemp(), config={})
+    return Engine(cls, cls.hparams_for("scr"), task, task.protocol("smoke"), [0, 1],
+                  device=torch.device("cpu"), directory=directory, config={})
+
+
+def assert_masks_of_their_global_steps(engine, seen, steps):
+    p = engine.method.hp["p"]
+    assert sorted({k for k, *_ in seen}) == list(steps)
+    for k, site, h, out in seen:
+        torch.testing.assert_close(out, by_hand(engine.ctx.seeds, k, p)(site, h), rtol=0, atol=0)
+
+
+def test_engine_keys_masks_by_global_step_and_checkpoints_it():
+    directory = tempfile.mkdtemp()
+    engine = scr_engine(directory)
+    seen = []
+    record_masks(engine, seen)
     engine.task.start_task(0)
     for step in range(3):
         engine._step(0, step)
-    assert engine.method.next_step == 3
-    state = engine.method.state_dict()
-    fresh = Engine(cls, cls.hparams_for("scr"), task, task.protocol("smoke"), [0, 1],
-                   device=torch.device("cpu"), directory=tempfile.mkdtemp(), config={})
-    fresh.method.load_state_dict(state)
-    h = torch.ones(2, 1, 5)
-    assert torch.equal(fresh.net.post_activation(0, h), engine.net.post_activation(0, h))
+    assert_masks_of_their_global_steps(engine, seen, range(3))
+    # a later task keys its masks by the global step, not the step within the task
+    offset = engine.task.task_offset(1)
+    seen.clear()
+    engine.task.start_task(1)
+    engine._step(1, 0)
+    assert_masks_of_their_global_steps(engine, seen, [offset])
+
+    # a run resumed from a checkpoint after step 2 of task 0 draws what the uninterrupted one draws
+    directory = tempfile.mkdtemp()
+    engine, seen = scr_engine(directory), []
+    record_masks(engine, seen)
+    engine.task.start_task(0)
+    for step in range(3):
+        engine._step(0, step)
+    engine.checkpoint()
+    resumed, resumed_seen = scr_engine(directory), []
+    assert resumed.resume() and resumed.step_in_task == 3
+    record_masks(resumed, resumed_seen)
+    resumed.task.start_task(0)
+    seen.clear()
+    for step in range(3, 6):
+        engine._step(0, step)
+        resumed._step(0, step)
+    assert_masks_of_their_global_steps(resumed, resumed_seen, range(3, 6))
+    assert len(resumed_seen) == len(seen)
+    for (k, site, h, out), (k2, site2, h2, out2) in zip(seen, resumed_seen):
+        assert (k, site) == (k2, site2)
+        assert torch.equal(h, h2) and torch.equal(out, out2)  # bit for bit, the same masks
+    for a, b in zip(engine.net.parameters(), resumed.net.parameters()):
+        assert torch.equal(a, b)
 
 
 def test_p_outside_unit_interval_is_refused():

@@ -30,7 +30,9 @@ def norm(*tensors):
     return torch.sqrt(sum(t.detach().flatten(1).pow(2).sum(1) for t in tensors))
 
 
-def train(method, net, shape, steps, lr=0.5, first=0):
+def train(method, net, shape, steps, lr=0.5, first=0, device_step=False):
+    """``steps`` SGD steps from global step ``first``; ``after_step`` gets the step as a host int, or
+    as the engine gives it, a 0-dim int64 device tensor."""
     opt = torch.optim.SGD(net.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(1)
     for step in range(first, first + steps):
@@ -38,7 +40,7 @@ def train(method, net, shape, steps, lr=0.5, first=0):
         opt.zero_grad()
         (out - 3.0).square().sum().backward()
         opt.step()
-        method.after_step(StepInfo(step, 0))
+        method.after_step(StepInfo(torch.tensor(step) if device_step else step, 0))
 
 
 @pytest.mark.parametrize("kind", NETS)
@@ -73,14 +75,15 @@ def test_projection_rescales_without_turning_and_per_seed():
     torch.testing.assert_close(norm(w), n0)
 
 
-def test_period_and_project_output():
+@pytest.mark.parametrize("device_step", [False, True])
+def test_period_and_project_output(device_step):
     make, shape = NETS["mlp"]
     method, net = configure(make(), period=3, project_output=True)
     w, out = net.layers[1].weight, net.layers[-1].weight
     n0, out0 = norm(w), norm(out)
-    train(method, net, shape, steps=2)  # steps 0, 1: no projection yet
+    train(method, net, shape, steps=2, device_step=device_step)  # steps 0, 1: no projection yet
     assert not torch.allclose(norm(w), n0)
-    train(method, net, shape, steps=1, first=2)  # after step 2: (2 + 1) % 3 == 0
+    train(method, net, shape, steps=1, first=2, device_step=device_step)  # after step 2: (2 + 1) % 3 == 0
     torch.testing.assert_close(norm(w), n0)
     torch.testing.assert_close(norm(out), out0)
 

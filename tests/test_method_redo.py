@@ -5,7 +5,9 @@ those, get fresh incoming weights (the network's init distribution, drawn from `
 outgoing weights 0 and zeroed optimizer state; every other weight keeps its value except where it
 is an incoming or outgoing weight of a recycled unit. Checked on an MLP against a restatement
 that builds every expected matrix entry by entry, on the ConvNet (channels, the flattened conv3
-owning four fc1 columns each) and on the ResNet (BatchNorm resets).
+owning four fc1 columns each) and on the ResNet (BatchNorm resets). The hooks are driven as the engine
+drives them (``step``): ``after_step`` with the device step, then, after every F-th global step,
+``on_period`` between steps, where the check and the recycling happen.
 """
 
 from __future__ import annotations
@@ -46,6 +48,14 @@ def train_once(method, x):
     return [f.detach() for f in features]
 
 
+def step(method, k: int, features) -> None:
+    """Global step ``k`` as the engine ends it: ``after_step`` with the step as a 0-dim int64 device
+    tensor, then ``on_period`` (host int) when ``k`` closes a period of F steps."""
+    method.after_step(StepInfo(torch.tensor(k), 0, features))
+    if (k + 1) % method.event_period() == 0:
+        method.on_period(StepInfo(k, 0, features))
+
+
 def expected_mask(features, threshold, net):
     """The restated rule: dormant where E|h| / (mean E|h| + 1e-9) ≤ τ, in float64 (E over the batch
     and, for conv maps and the flattened conv3, over a channel's positions)."""
@@ -74,7 +84,7 @@ def test_exactly_the_dormant_units_of_an_mlp_are_recycled():
     assert all(m.any() for m in dormant) and all((~m).any() for m in dormant)
     old = [p.detach().clone() for p in net.parameters()]
     old_m = [tuple(t.clone() for t in moments(method.run.optimizer, p)) for p in net.parameters()]
-    method.after_step(StepInfo(41, 0, features))
+    step(method, 41, features)
 
     weights = [layer.weight for layer in net.layers]
     biases = [layer.bias for layer in net.layers]
@@ -128,15 +138,25 @@ def test_no_check_between_periods_and_the_window_averages_the_period():
     silent = ones.clone()
     silent[:, :, 0] = 0.0
     before = [p.detach().clone() for p in net.parameters()]
-    method.after_step(StepInfo(0, 0, [spike]))
-    method.after_step(StepInfo(1, 0, [silent]))
+    assert method.event_period() == 3
+    step(method, 0, [spike])
+    step(method, 1, [silent])
     assert all(torch.equal(a, b) for a, b in zip(net.parameters(), before))
-    method.after_step(StepInfo(2, 0, [silent]))  # the check: unit 0 scores 1 over the window
+    # the check after step 2: unit 0 scores (3 + 0 + 0) / 3 = 1 over the window, as every other unit
+    step(method, 2, [silent])
     assert all(torch.equal(a, b) for a, b in zip(net.parameters(), before))
+    assert all(not total.any() for total in method.window)  # the next window starts empty
+    # the next window holds steps 3..5 alone: unit 0 silent throughout is dormant at the check after 5
+    for k in (3, 4, 5):
+        step(method, k, [silent])
+    assert torch.equal(net.layers[1].weight[:, :, 0], torch.zeros(3, 3))
+    assert torch.equal(net.layers[1].weight[:, :, 1:], before[2][:, :, 1:])
     # "batch" would have scored the last step alone, where unit 0 is silent
+    net = BatchedMLP(MLPSpec((6, 4, 3)), SEEDS)
+    before = [p.detach().clone() for p in net.parameters()]
     batch = redo_on(net, threshold=0.5, period=3, score_on="batch")
-    for step, h in enumerate([spike, silent, silent]):
-        batch.after_step(StepInfo(step, 0, [h]))
+    for k, h in enumerate([spike, silent, silent]):
+        step(batch, k, [h])
     assert torch.equal(net.layers[1].weight[:, :, 0], torch.zeros(3, 3))
     assert torch.equal(net.layers[1].weight[:, :, 1:], before[2][:, :, 1:])
 
@@ -152,7 +172,7 @@ def test_convnet_channels_and_the_flattened_conv3():
     dormant = expected_mask(features, 0.2, net)
     assert dormant[2][0, 5] and dormant[2][0, 9] and dormant[0][1, 7]
     old = {name: p.detach().clone() for name, p in net.named_parameters()}
-    method.after_step(StepInfo(0, 0, features))
+    step(method, 0, features)
     groups = net.unit_groups()
     everyone = torch.arange(128).expand(3, -1)
     for l, (group, cur) in enumerate(zip(groups, [net.conv1, net.conv2, net.conv3, net.fc1, net.fc2])):
@@ -185,7 +205,7 @@ def test_resnet_dormant_channel_gets_its_batchnorm_reset():
     features[1][:, :, 11] = 0.0  # layer1.0.conv1 channel 11
     dormant = expected_mask(features, 0.1, net)
     assert dormant[1][0, 11]
-    method.after_step(StepInfo(9, 0, features))
+    step(method, 9, features)
     mask = dormant[1][0]
     assert torch.equal(block.bn1.weight[0], torch.where(mask, 1.0, 0.5))
     assert torch.equal(block.bn1.running_mean[0], torch.where(mask, 0.0, 0.3))
@@ -201,19 +221,23 @@ def test_optimizer_state_kept_when_asked():
     method = redo_on(net, threshold=0.5, period=1, score_on="batch", reset_optimizer_state=False)
     train_once(method, torch.randn(3, 5, 6))
     before = moments(method.run.optimizer, net.layers[0].weight)[0].clone()
-    method.after_step(StepInfo(0, 0, [torch.zeros(3, 5, 8)]))  # every unit dormant
+    step(method, 0, [torch.zeros(3, 5, 8)])  # every unit dormant
     assert torch.equal(moments(method.run.optimizer, net.layers[0].weight)[0], before)
     assert torch.equal(net.layers[1].weight, torch.zeros_like(net.layers[1].weight))
 
 
 def test_seed_alone_equals_seed_beside_others():
-    features = [torch.rand(3, 5, 8) * (torch.rand(3, 1, 8) > 0.3)]
+    gen = torch.Generator().manual_seed(2)
+    features = [torch.rand(3, 5, 8, generator=gen) * (torch.rand(3, 1, 8, generator=gen) > 0.3)]
+    assert (features[0][2] == 0).all(0).any()  # seed 2 has silent units: something is recycled
     nets = {}
     for name, seeds in (("together", SEEDS), ("alone", SEEDS[2:])):
         nets[name] = BatchedMLP(MLPSpec((6, 8, 3)), seeds)
+        before = nets[name].layers[1].weight.detach().clone()
         method = redo_on(nets[name], seeds=seeds, threshold=0.3, period=2)
-        for step in range(4):
-            method.after_step(StepInfo(step, 0, [f[3 - seeds.numel():] for f in features]))
+        for k in range(4):
+            step(method, k, [f[3 - seeds.numel():] for f in features])
+        assert not torch.equal(nets[name].layers[1].weight, before)
     for a, b in zip(nets["together"].parameters(), nets["alone"].parameters()):
         assert torch.equal(a[2:], b)
 
@@ -226,7 +250,7 @@ def test_threshold_zero_recycles_exactly_the_silent_units():
     h[0, :, 2] = 0.0
     h[1, :3, 1] = 0.0  # silent on 3 of 5 examples only: not dormant
     before = net.layers[1].weight.detach().clone()
-    method.after_step(StepInfo(0, 0, [h]))
+    step(method, 0, [h])
     silent = torch.zeros(3, 4, dtype=torch.bool)
     silent[0, 2] = True
     expected = torch.where(silent.unsqueeze(1), torch.zeros_like(before), before)

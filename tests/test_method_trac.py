@@ -51,8 +51,10 @@ class FixedScale(TRACOptimizer):
     """TRAC whose tuner always returns a total scale ``c`` (spread over the betas)."""
 
     c = 1.0
+    tuned = 0
 
     def tune(self, h):
+        self.tuned += 1
         return torch.full_like(self.trac["s"], self.c / len(BETAS))
 
 
@@ -66,11 +68,17 @@ def test_with_the_scale_fixed_trac_is_the_base_optimizer_scaled(c, momentum):
     b = copy.deepcopy(a)
     opt = FixedScale(torch.optim.SGD(a.parameters(), lr=0.05, momentum=momentum), torch.tensor(seeds))
     opt.c = c
-    _train(a, opt, seeds)
+    xs, ys = _data()
+    _train(a, opt, seeds, steps=1, data=(xs[:1], ys[:1]))
+    state = {key: opt.trac[key] for key in ("s", "variance", "sigma")}
+    _train(a, opt, seeds, steps=11, data=(xs[1:], ys[1:]))
     _train(b, torch.optim.SGD(b.parameters(), lr=0.05 * c, momentum=momentum), seeds)
     for pa, pb in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
-    assert opt.trac["steps"] == 12
+    assert opt.tuned == 12  # one TRAC update per optimizer step
+    # the state is updated in place (a captured step replays into the same tensors)
+    assert all(opt.trac[key] is t for key, t in state.items())
+    torch.testing.assert_close(opt.trac["s"].sum(1), torch.full((2,), c))
 
 
 def _reference_one_seed(net_params, grads_fn, lr, steps):
@@ -193,19 +201,23 @@ def test_state_dict_round_trip_continues_bit_identically():
     opt = _trac(net, seeds, lr=0.5, momentum=0.9)
     _train(net, opt, seeds, steps=10, data=(xs[:10], ys[:10]))
     state = copy.deepcopy(opt.state_dict())
-    assert set(state["trac"]) == {"steps", "ref", "s", "variance", "sigma"} and state["trac"]["steps"] == 10
+    assert set(state["trac"]) == {"ref", "s", "variance", "sigma"}
     assert state["state"]  # the base optimizer's momentum travels alongside
 
     other = copy.deepcopy(net)
     other_opt = _trac(other, seeds, lr=0.5, momentum=0.9)
     other_opt.load_state_dict(state)
     assert other_opt.state is other_opt.base.state and other_opt.param_groups is other_opt.base.param_groups
+    live = [other_opt.trac[key] for key in ("s", "variance", "sigma")] + other_opt.trac["ref"]
     _train(net, opt, seeds, steps=10, data=(xs[10:], ys[10:]))
     _train(other, other_opt, seeds, steps=10, data=(xs[10:], ys[10:]))
     for a, b in zip(net.parameters(), other.parameters()):
         assert torch.equal(a, b)
     for key in ("s", "variance", "sigma"):
         assert torch.equal(opt.trac[key], other_opt.trac[key])
+    # the loaded state is the state the steps update, in place
+    assert all(a is b for a, b in zip(live, [other_opt.trac[key] for key in ("s", "variance", "sigma")]
+                                        + other_opt.trac["ref"]))
 
 
 def test_engine_wraps_the_protocol_optimizer_and_composes_with_adam():

@@ -6,6 +6,7 @@ import tempfile
 import torch
 
 from plastibench import rng
+from plastibench.clock import StepClock
 from plastibench.engine import Engine
 from plastibench.registry import METHODS, TASKS
 from plastibench.methods.upgd import UPGDOptimizer
@@ -92,18 +93,41 @@ def test_seed_alone_equals_seed_beside_others_over_several_steps():
     torch.testing.assert_close(together[2], alone[0], rtol=0, atol=0)
 
 
+def test_in_a_run_the_noise_is_keyed_by_the_global_step_also_after_the_state_is_cleared():
+    """With the run's clock, ξ of global step k is rng.normal(seed, k + 1, ...) (the optimizer's step
+    count of an unreset run), read from the block the engine prepares; a method that clears the
+    optimizer state (``fire``) restarts the step count, not the noise stream."""
+    seeds = torch.tensor([0, 1])
+    clock = StepClock(seeds.device)
+    w = torch.nn.Parameter(torch.ones(2, 3))
+    lr, sigma = 0.1, 0.5
+    opt = UPGDOptimizer([w], seeds, ["w"], lr=lr, weight_decay=0.0, beta_utility=0.9, sigma=sigma, clock=clock)
+    for k in (0, 1, 2, 700, 701):
+        if k == 700:
+            opt.state.clear()
+        clock.set(k, k)  # what the engine does before a segment
+        rng.prepare(seeds, k, 1)
+        before = w.detach().clone()
+        w.grad = torch.zeros_like(w)  # no gradient, no utility: gate ½, θ ← θ − η·σ·ξ/2
+        opt.step()
+        xi = rng.normal(seeds, k + 1, "upgd/w", (3,))
+        torch.testing.assert_close(w.detach(), before - lr * sigma * xi * 0.5, rtol=0, atol=1e-7)
+        assert opt.state[w]["step"].dtype == torch.int64 and opt.state[w]["step"].dim() == 0
+    assert opt.state[w]["step"] == 2
+
+
 def test_engine_builds_upgd_with_the_task_defaults_and_resumes_its_traces():
     cls, task = METHODS.get("upgd"), TASKS.get("scr")
     engine = Engine(cls, cls.hparams_for("scr"), task, task.protocol("smoke"), [0, 1],
                     device=torch.device("cpu"), directory=tempfile.mkdtemp(), config={})
-    assert isinstance(engine.optimizer, UPGDOptimizer)
+    assert isinstance(engine.optimizer, UPGDOptimizer) and engine.optimizer.clock is engine.clock
     group = engine.optimizer.param_groups[0]
     assert (group["lr"], group["beta_utility"], group["sigma"], group["weight_decay"]) == (0.01, 0.9999, 0.1, 0.01)
     engine.task.start_task(0)
     for step in range(3):
         engine._step(0, step)
     state = engine.optimizer.state_dict()
-    assert all(s["step"] == 3 for s in state["state"].values())
+    assert all(torch.is_tensor(s["step"]) and s["step"] == 3 for s in state["state"].values())
     fresh = Engine(cls, cls.hparams_for("scr"), task, task.protocol("smoke"), [0, 1],
                    device=torch.device("cpu"), directory=tempfile.mkdtemp(), config={})
     fresh.net.load_state_dict(engine.net.state_dict())

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from plastibench.opcount import count_ops, loop_ops_per_step, op_counts, ops_per_step
+from plastibench.bench import measure, measure_loop
+from plastibench.opcount import count_ops, op_counts
 
 CPU = torch.device("cpu")
 
@@ -25,8 +26,9 @@ def test_views_and_backward_are_counted():
 
 
 def test_engine_step_ops_do_not_grow_with_seeds_and_the_loop_ones_do():
-    one, three = (ops_per_step("bp", "scr", "smoke", s, device=CPU) for s in (1, 3))
+    one, three = (measure("bp", "scr", "smoke", s, steps=5, warmup=2, device=CPU).ops_per_step for s in (1, 3))
     assert one == three > 0
-    loop_one, loop_three = (loop_ops_per_step("bp", "scr", "smoke", s, device=CPU) for s in (1, 3))
+    loop_one, loop_three = (measure_loop("bp", "scr", "smoke", s, steps=5, warmup=2, device=CPU).ops_per_step
+                            for s in (1, 3))
     assert loop_three > loop_one > 0
-    assert ops_per_step("cbp", "scr", "smoke", 2, device=CPU) > 0
+    assert measure("cbp", "scr", "smoke", 2, steps=5, warmup=2, device=CPU).ops_per_step > 0
