@@ -77,6 +77,7 @@ class Engine:
         self.ctx.net = self.net
         spec = self.method.optimizer_spec(protocol.optimizer)
         self.optimizer = self.method.build_optimizer(list(self.net.parameters()), spec)
+        self._params = [p for group in self.optimizer.param_groups for p in group["params"]]
         self.ctx.optimizer = self.optimizer
         self.device = device
         self.records: list[dict[str, np.ndarray]] = []
@@ -137,7 +138,8 @@ class Engine:
         extra = self.method.loss_term(out, features)
         if extra is not None:
             total = total + extra.sum()
-        self.optimizer.zero_grad(set_to_none=True)
+        for param in self._params:  # zero_grad(set_to_none=True), in a form torch.compile traces
+            param.grad = None
         total.backward()
         self.optimizer.step()
         features = [f.detach() for f in features]

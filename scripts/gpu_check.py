@@ -125,6 +125,40 @@ def throughput(device: torch.device, data: Path, tasks: list[str], quick: bool, 
     return rows
 
 
+def boundaries(device: torch.device, data: Path, tasks: list[str], quick: bool, rows: list[dict]) -> list[dict]:
+    """Seconds of a task boundary (diagnostics on the probe: SVD-based ranks; held-out evaluation) next
+    to the seconds of the task's training steps at the measured eager/captured rate, bp, S = 8."""
+    from plastibench import diagnostics
+    from plastibench.bench import started_engine
+    out = []
+    for task in tasks:
+        protocol, n = ("smoke" if quick else "paper"), 8
+        engine = started_engine("bp", task, protocol, n, device=device, data_dir=data, verify=False)
+        probe = engine.task.probe(0)
+        timings = {}
+        for name, fn in (("diagnostics", lambda: diagnostics.measure(engine.net, probe)),
+                         ("end_task", lambda: engine.task.end_task(0, engine.net))):
+            fn()
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            timings[name] = time.perf_counter() - start
+        rate = max((r.get("cuda-graph") or r.get("eager") or 0) for r in rows
+                   if r.get("task") == task and r.get("method") == "bp" and "skipped" not in r) or None
+        steps = engine.task.steps_in_task(0)
+        train = steps * n / rate if rate else None
+        out.append({"task": task, "seeds": n, "diagnostics_s": timings["diagnostics"], "end_task_s": timings["end_task"],
+                    "train_s_at_measured_rate": train})
+        print(json.dumps(out[-1]), flush=True)
+    return out
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _fmt(value, spec: str = ",.0f") -> str:
     return "-" if value is None else format(value, spec)
 
@@ -160,7 +194,8 @@ def main(argv=None) -> int:
         for c in checks:
             print(("PASS " if c["ok"] else "FAIL ") + f"{c['check']}: max |diff| {c['max_abs_diff']:.3g}", flush=True)
         rows = throughput(device, data, tasks, args.quick, time.monotonic() + args.budget)
-    report = {"environment": env, "correctness": checks, "throughput": rows,
+        bounds = boundaries(device, data, tasks, args.quick, rows)
+    report = {"environment": env, "correctness": checks, "throughput": rows, "boundaries": bounds,
               "seconds": time.monotonic() - started}
     args.json.write_text(json.dumps(report, indent=2) + "\n")
     print_table(rows)
