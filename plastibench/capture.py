@@ -74,6 +74,17 @@ def _settings(optimizer: torch.optim.Optimizer) -> tuple:
                  for group in optimizer.param_groups)
 
 
+class _Captured:
+    """A captured block of steps: ``replay()`` runs them; ``features`` are the last step's outputs
+    (static tensors that every replay overwrites)."""
+
+    def __init__(self, graph: torch.cuda.CUDAGraph, features: list[torch.Tensor]):
+        self.graph, self.features = graph, features
+
+    def replay(self) -> None:
+        self.graph.replay()
+
+
 class CudaGraphStepper:
     """Replays captured blocks of steps (``torch.cuda.CUDAGraph``); see the module docstring."""
 
@@ -82,7 +93,7 @@ class CudaGraphStepper:
     def __init__(self, engine: Engine, steps_per_graph: int = STEPS_PER_GRAPH):
         self.engine = engine
         self.steps_per_graph = steps_per_graph
-        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, list[torch.Tensor]]] = {}
+        self.graphs: dict[tuple, _Captured] = {}
         self.warm_task: int | None = None
         self.captures = 0
 
@@ -96,14 +107,18 @@ class CudaGraphStepper:
         torch.cuda.current_stream().wait_stream(stream)
         return features
 
-    def _graph(self, task_index: int, n: int) -> tuple[torch.cuda.CUDAGraph, list[torch.Tensor]]:
+    def _capture(self, n: int) -> _Captured:
+        """Capture ``n`` consecutive steps as one CUDA graph (recorded, not run)."""
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(n):
+                features = self.engine.train_step()
+        return _Captured(graph, features)
+
+    def _graph(self, task_index: int, n: int) -> _Captured:
         key: tuple[Any, ...] = (task_index, n, _settings(self.engine.optimizer))
         if key not in self.graphs:
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                for _ in range(n):
-                    features = self.engine.train_step()
-            self.graphs[key] = (graph, features)
+            self.graphs[key] = self._capture(n)
             self.captures += 1
         return self.graphs[key]
 
@@ -115,8 +130,9 @@ class CudaGraphStepper:
         done, features = 0, []
         while done < n:
             k = min(self.steps_per_graph, n - done)
-            graph, features = self._graph(task_index, k)
-            graph.replay()
+            captured = self._graph(task_index, k)
+            captured.replay()
+            features = captured.features
             done += k
             self.engine.step_in_task += k
         return features
