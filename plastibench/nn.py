@@ -79,18 +79,25 @@ class _BatchedLinearFunction(torch.autograd.Function):
 class BatchedLinear(nn.Module):
     """``y[s] = x[s] @ W[s].T + b[s]`` for every seed s at once.
 
-    The gradient of ``weight[S, out, in]`` is computed directly in that layout
-    (:class:`_BatchedLinearFunction`); the values are those of ``torch.baddbmm``'s autograd.
+    For a large weight the gradient of ``weight[S, out, in]`` is computed directly in that layout
+    (:class:`_BatchedLinearFunction`); the values are those of ``torch.baddbmm``'s autograd. A small
+    one (fewer than ``OWN_BACKWARD_MIN`` elements per seed, e.g. scr's 20-5-1 net) uses plain
+    autograd, whose transposed copy costs less there than a Python-level backward.
     """
+
+    OWN_BACKWARD_MIN = 1 << 14
 
     def __init__(self, n_seeds: int, in_features: int, out_features: int, device=None):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.weight = nn.Parameter(torch.zeros(n_seeds, out_features, in_features, device=device))
         self.bias = nn.Parameter(torch.zeros(n_seeds, out_features, device=device))
+        self.own_backward = in_features * out_features >= self.OWN_BACKWARD_MIN
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _BatchedLinearFunction.apply(x, self.weight, self.bias)
+        if self.own_backward:
+            return _BatchedLinearFunction.apply(x, self.weight, self.bias)
+        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.transpose(1, 2))
 
 
 class BatchedLayerNorm(nn.Module):
@@ -197,10 +204,11 @@ class BatchedMLP(HiddenSites, nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         features = []
-        for i, layer in enumerate(self.layers[:-1]):
+        *hidden, last = self.layers  # (slicing a ModuleList builds a new one every step)
+        for i, layer in enumerate(hidden):
             x = self.activate(i, layer(x))
             features.append(x)
-        return self.layers[-1](x), features
+        return last(x), features
 
     def unit_groups(self) -> list[UnitGroup]:
         """Hidden layer i's units: rows of ``layers[i]`` in, columns of ``layers[i+1]`` out (two

@@ -1,6 +1,8 @@
-"""Optimizers whose step is a pure function of device state (capturable on any device).
+"""Optimizers whose step is a pure function of device state (capturable on any device), and cheap.
 
-PyTorch's SGD already is. Its Adam keeps the step count on the host unless ``capturable=True``, which
+:class:`DeviceSGD` is torch's SGD with its step written as a few fused (``_foreach``) operations
+over all parameters, without the per-call bookkeeping of ``Optimizer.step``'s wrapper (profiler
+records, grad-mode switches), which on a small net costs as much as the update. PyTorch's Adam keeps the step count on the host unless ``capturable=True``, which
 PyTorch allows on CUDA only; :class:`DeviceAdam` is torch's Adam with the step count and the bias
 corrections on the parameters' device, on every device, so that the CPU checks of the conformance
 suite test the same step that a CUDA graph replays.
@@ -11,6 +13,50 @@ from __future__ import annotations
 import torch
 
 from .protocol import OptimizerSpec
+
+
+class DeviceSGD(torch.optim.SGD):
+    """SGD with coupled L2 ``weight_decay`` and heavy-ball ``momentum``, bit for bit torch's SGD
+    (dampening 0, no Nesterov):
+
+        g ← ∇ + λθ;  b ← g at the first step, then b ← μ·b + g;  θ ← θ − lr·(b if μ else g)
+
+    ``state[p]["momentum_buffer"]`` is torch's, so state dicts and per-unit state resets carry over.
+    """
+
+    def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
+        super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
+            if wd != 0:
+                grads = torch._foreach_add(grads, params, alpha=wd)
+            if momentum != 0:
+                buffers = []
+                for p, g in zip(params, grads):
+                    state = self.state[p]
+                    if state.get("momentum_buffer") is None:
+                        state["momentum_buffer"] = torch.clone(g).detach()
+                        buffers.append(None)
+                    else:
+                        buffers.append(state["momentum_buffer"])
+                old = [b for b in buffers if b is not None]
+                if old:
+                    torch._foreach_mul_(old, momentum)
+                    torch._foreach_add_(old, [g for g, b in zip(grads, buffers) if b is not None])
+                grads = [self.state[p]["momentum_buffer"] for p in params]
+            torch._foreach_add_(params, grads, alpha=-lr)
+        return loss
 
 
 class DeviceAdam(torch.optim.Adam):
@@ -63,9 +109,9 @@ class DeviceAdam(torch.optim.Adam):
 
 
 def make_optimizer(params: list[torch.Tensor], spec: OptimizerSpec) -> torch.optim.Optimizer:
-    """PyTorch's SGD or :class:`DeviceAdam`: both act element-wise, so seeds stay independent."""
+    """:class:`DeviceSGD` or :class:`DeviceAdam`: both act element-wise, so seeds stay independent."""
     if spec.name == "sgd":
-        return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
+        return DeviceSGD(params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
     if spec.name == "adam":
         return DeviceAdam(params, lr=spec.lr, betas=spec.betas, eps=spec.eps, weight_decay=spec.weight_decay)
     raise ValueError(f"unknown optimizer {spec.name!r}; known: sgd, adam")
