@@ -140,7 +140,8 @@ def _print_table(summaries) -> None:
         table.add_column(col)
     for p, s in summaries:
         ci = "n/a (1 seed)" if s["ci95"] is None else f"[{s['ci95'][0]:.4f}, {s['ci95'][1]:.4f}]"
-        table.add_row(p.method, f"{s['mean']:.4f}", ci, str(s["n_seeds"]), str(p.directory))
+        seeds = str(s["n_seeds"]) + (f" ({s['n_diverged']} diverged)" if s.get("n_diverged") else "")
+        table.add_row(p.method, f"{s['mean']:.4f}", ci, seeds, str(p.directory))
     Console().print(table)
 
 

@@ -26,6 +26,7 @@ class Result:
     label: str
     per_seed: Mapping[int, float]
     diagnostics: Mapping[str, Mapping[int, float]] = field(default_factory=dict)
+    n_diverged: int = 0  # seeds that went non-finite (scored by the protocol's rule, never dropped)
 
     @property
     def n(self) -> int:
@@ -54,7 +55,7 @@ class Row:
 def result_from_summary(label: str, summary: Mapping[str, Any]) -> Result:
     """A :class:`Result` from a run's ``summary.yaml``."""
     diagnostics = {k: v["per_seed"] for k, v in summary.get("final_diagnostics", {}).items()}
-    return Result(label, summary["per_seed"], diagnostics)
+    return Result(label, summary["per_seed"], diagnostics, int(summary.get("n_diverged") or 0))
 
 
 def layer_mean(result: Result, prefix: str) -> float | None:
@@ -165,7 +166,7 @@ def cells(row: Row, baseline: str) -> list[str]:
         "preliminary" if row.rank is None else str(row.rank),
         row.result.label,
         interval(row.mean, row.ci95),
-        str(row.result.n),
+        str(row.result.n) + (f" ({row.result.n_diverged} diverged)" if row.result.n_diverged else ""),
         diff,
         *(DASH if own or v is None else prob(v) for v in optional),
         DASH if row.dead_units is None else num(row.dead_units),

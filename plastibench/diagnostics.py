@@ -50,7 +50,7 @@ def measure(net: torch.nn.Module, probe: torch.Tensor) -> dict[str, torch.Tensor
         net.train(was_training)
     out: dict[str, torch.Tensor] = {}
     for i, h in enumerate(features):
-        h = h.float()
+        h = torch.nan_to_num(h.float(), nan=0.0, posinf=0.0, neginf=0.0)  # a diverged seed's: see divergence
         if h.dim() > 3:  # conv map [S, P, C, H, W]: channels are the units
             dead = h.abs().sum((1, 3, 4)) == 0
             h = h.mean((3, 4))
@@ -61,6 +61,6 @@ def measure(net: torch.nn.Module, probe: torch.Tensor) -> dict[str, torch.Tensor
         out[f"effective_rank/layer{i}"] = effective_rank(sv)
         out[f"stable_rank/layer{i}"] = stable_rank(sv)
     weights = net.weight_tensors()
-    total = sum(w.detach().abs().flatten(1).sum(1) for w in weights)
+    total = sum(torch.nan_to_num(w.detach().abs(), nan=0.0, posinf=0.0).flatten(1).sum(1) for w in weights)
     out["weight_magnitude"] = total / sum(w[0].numel() for w in weights)
     return out

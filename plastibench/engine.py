@@ -36,6 +36,7 @@ import torch
 from . import diagnostics, rng
 from .capture import make_stepper
 from .clock import StepClock
+from .divergence import Divergence
 from .method import Method, RunContext, StepInfo
 from .protocol import Protocol
 from .results import load_checkpoint, save_checkpoint, summarise, write_metrics, write_yaml
@@ -83,6 +84,7 @@ class Engine:
         self.records: list[dict[str, np.ndarray]] = []
         self.task_diagnostics: dict[str, np.ndarray] | None = None
         self.task_index, self.step_in_task, self.wall_time = 0, 0, 0.0
+        self.divergence = Divergence(len(self.seeds), device)
         self.stepper = make_stepper(capture, self)
         self.interrupted: list[bool] = []
 
@@ -103,6 +105,7 @@ class Engine:
             "optimizer": self.optimizer.state_dict(),
             "method": self.method.state_dict(),
             "task": self.task.state_dict(),
+            "divergence": self.divergence.state_dict(),
         }
 
     def resume(self) -> bool:
@@ -120,6 +123,8 @@ class Engine:
         self.optimizer.load_state_dict(state["optimizer"])
         self.method.load_state_dict(state["method"])
         self.task.load_state_dict(state["task"])
+        if "divergence" in state:
+            self.divergence.load_state_dict(state["divergence"])
         return True
 
     def checkpoint(self) -> None:
@@ -133,6 +138,7 @@ class Engine:
         x, y = self.task.batch(t, self.clock.in_task)
         out, features = self.net(x)
         loss = self.task.loss(out, y)
+        self.divergence.observe_loss(loss.detach(), self.clock.step)
         self.task.observe(out.detach(), y, loss.detach())
         total = loss.sum()
         extra = self.method.loss_term(out, features)
@@ -189,6 +195,29 @@ class Engine:
         """One step with its host events (for tests and set-up): in-task step ``step`` of ``task_index``."""
         self.train_steps(task_index, step, step + 1)
 
+    def _diagnostics(self, t: int) -> dict[str, np.ndarray]:
+        """Diagnostics on task ``t``'s probe; NaN for a diverged seed (its network was cleared)."""
+        values = _numpy(diagnostics.measure(self.net, self.task.probe(t)))
+        dead = ~self.divergence.alive.cpu().numpy()
+        for v in values.values():
+            v[dead] = np.nan
+        return values
+
+    def _end_task(self, t: int) -> dict[str, np.ndarray]:
+        """Task ``t``'s record: check every seed's parameters and optimizer state (a diverged seed's
+        are cleared), then the task's metric (NaN for a diverged seed), its start diagnostics and
+        the divergence rows (``plastibench.divergence``)."""
+        last_step = self.task.task_offset(t) + self.task.steps_in_task(t) - 1
+        state = [v for s in self.optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
+        self.divergence.check_and_clear([*self.net.parameters(), *self.net.buffers(), *state], last_step)
+        metric = self.task.end_task(t, self.net).detach().double().cpu().numpy()
+        alive = self.divergence.alive.cpu().numpy()
+        at = self.divergence.at_step.cpu().numpy().astype(float)
+        metric[~alive] = np.nan
+        newly = ~alive & np.isin(at, np.arange(self.task.task_offset(t), last_step + 1))
+        return {self.protocol.metric: metric, **self.task_diagnostics, "diverged": (~alive).astype(float),
+                "diverged_at_step": np.where(newly, at, np.nan)}
+
     def run(self, on_progress: Callable[[Progress], None] = lambda p: None) -> dict[str, Any]:
         p = self.protocol
         last_save = time.monotonic()
@@ -217,7 +246,7 @@ class Engine:
                 t = self.task_index
                 self.task.start_task(t)
                 if self.step_in_task == 0:
-                    self.task_diagnostics = _numpy(diagnostics.measure(self.net, self.task.probe(t)))
+                    self.task_diagnostics = self._diagnostics(t)
                     self.task.begin_task(t, self.net, self.optimizer)
                     self.method.on_task_start(t)
                 n_steps = self.task.steps_in_task(t)
@@ -228,8 +257,7 @@ class Engine:
                         raise KeyboardInterrupt
                     report()
                     maybe_checkpoint()
-                metric = self.task.end_task(t, self.net).detach().cpu().numpy()
-                self.records.append({p.metric: metric, **self.task_diagnostics})
+                self.records.append(self._end_task(t))
                 self.task_index, self.step_in_task = t + 1, 0
                 report()
                 maybe_checkpoint()
@@ -242,7 +270,7 @@ class Engine:
                 signal.signal(signal.SIGINT, previous)
         self.wall_time = time.monotonic() - started
         self.checkpoint()
-        final = _numpy(diagnostics.measure(self.net, self.task.probe(p.n_tasks - 1)))
+        final = self._diagnostics(p.n_tasks - 1)
         summary = summarise(self.config, p, self.records, final, self.wall_time)
         write_yaml(self.directory / "summary.yaml", summary)
         return summary

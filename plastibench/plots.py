@@ -11,6 +11,7 @@ examples); any other task about 50 bins over its stream.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -56,6 +57,12 @@ class Run:
     @property
     def tasks_done(self) -> int:
         return min(len(v) for series in self.metrics.values() for v in series.values())
+
+    @property
+    def n_diverged(self) -> int:
+        """Seeds marked diverged by the last task (``plastibench.divergence``)."""
+        rows = self.metrics.get("diverged", {})
+        return sum(1 for values in rows.values() if values and values[-1] == 1.0)
 
     def names(self) -> set[str]:
         """The names in ``metrics.csv`` and their layer means (``dead_fraction`` for ``dead_fraction/layer*``)."""
@@ -128,16 +135,20 @@ def bin_means(values: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     n = values.shape[1]
     starts = np.arange(0, n, size)
     ends = np.minimum(starts + size, n)
-    means = np.stack([values[:, a:b].mean(1) for a, b in zip(starts, ends)], axis=1)
+    with np.errstate(all="ignore"), warnings.catch_warnings():  # a diverged seed's tasks are NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        means = np.stack([np.nanmean(values[:, a:b], 1) for a, b in zip(starts, ends)], axis=1)
     return ends, means
 
 
 def band(per_seed: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Mean over seeds of ``per_seed[seeds, bins]`` and its Student-t 95% CI (None with one seed)."""
-    mean, low, high = zip(*(mean_ci95(column) for column in per_seed.T))
+    mean, low, high = zip(*(mean_ci95(column[np.isfinite(column)]) if np.isfinite(column).any()
+                            else (np.nan, None, None) for column in per_seed.T))
     if per_seed.shape[0] < 2:
         return np.array(mean), None, None
-    return np.array(mean), np.array(low), np.array(high)
+    as_array = lambda v: np.array([np.nan if x is None else x for x in v], dtype=float)  # noqa: E731
+    return np.array(mean), as_array(low), as_array(high)
 
 
 def labels(runs: Sequence[Run]) -> list[str]:
@@ -153,6 +164,8 @@ def labels(runs: Sequence[Run]) -> list[str]:
             label = f"{method} ({', '.join(f'{k}={hp[k]}' for k in differ)})" if differ else run.directory.name
         if len(counts) > 1:
             label += f", n={len(run.config['seeds'])}"
+        if run.n_diverged:
+            label += f" ({run.n_diverged} diverged, curves over the finite seeds)"
         if not run.finished:
             label += f" [unfinished: {run.tasks_done}/{run.spec['n_tasks']} tasks]"
         out.append(label)

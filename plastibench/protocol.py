@@ -30,6 +30,11 @@ class OptimizerSpec:
     eps: float = 1e-8
 
 
+# Fields added after the first protocols were hashed, with their defaults: left out of the canonical
+# JSON while at the default, so adding a field never changes an existing protocol's hash.
+_ADDED_FIELDS = {"diverged_score": "last-finite"}
+
+
 @dataclass(frozen=True)
 class Protocol:
     """Everything that defines a number: stream lengths, batch, optimizer, task settings, metric.
@@ -53,6 +58,9 @@ class Protocol:
     default_seeds: int = 10
     description: str = ""
     settings: Mapping[str, Any] = field(default_factory=dict)
+    # How a seed that diverged (non-finite loss, parameters or optimizer state) scores: see
+    # plastibench.divergence ("last-finite" or "worst").
+    diverged_score: str = "last-finite"
 
     def __post_init__(self):
         object.__setattr__(self, "settings", _freeze(self.settings))
@@ -69,6 +77,9 @@ class Protocol:
         data = self.to_dict()
         data.pop("description")
         data.pop("default_seeds")
+        for name, default in _ADDED_FIELDS.items():  # at their default, later fields leave old hashes be
+            if data.get(name) == default:
+                data.pop(name)
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 

@@ -29,6 +29,7 @@ import yaml
 
 from . import __version__
 from .protocol import Protocol
+from .divergence import diverged_seeds, scored
 from .stats import mean_ci95
 
 
@@ -137,8 +138,10 @@ def summarise(config: Mapping[str, Any], protocol: Protocol, records: Sequence[M
               final_diagnostics: Mapping[str, np.ndarray], wall_time_s: float) -> dict[str, Any]:
     """Per-seed score = mean of the per-task metric over the protocol's final window."""
     seeds = config["seeds"]
-    window = np.stack([r[protocol.metric] for r in records[-protocol.summary_tasks:]])
-    per_seed = window.mean(0)
+    values = scored(np.stack([r[protocol.metric] for r in records]), protocol.diverged_score,
+                    protocol.higher_is_better)
+    per_seed = values[-protocol.summary_tasks:].mean(0)
+    diverged = diverged_seeds(seeds, records)
     mean, low, high = mean_ci95(per_seed)
     return {
         "method": config["method"],
@@ -151,10 +154,13 @@ def summarise(config: Mapping[str, Any], protocol: Protocol, records: Sequence[M
                      f"of {protocol.n_tasks} tasks",
         "n_seeds": len(seeds),
         "per_seed": {int(s): float(v) for s, v in zip(seeds, per_seed)},
+        "n_diverged": len(diverged),
+        "diverged": {"seeds_at_step": diverged, "scored_as": protocol.diverged_score},
         "mean": mean,
         "ci95": None if low is None else [low, high],
         "hparams": dict(config["hparams"]),
-        "final_diagnostics": {k: {"mean": float(np.mean(v)), "per_seed": {int(s): float(x) for s, x in zip(seeds, v)}}
+        "final_diagnostics": {k: {"mean": float(np.nanmean(v)) if np.isfinite(v).any() else None,
+                                  "per_seed": {int(s): float(x) for s, x in zip(seeds, v)}}
                               for k, v in final_diagnostics.items()},
         "wall_time_s": round(wall_time_s, 2),
     }

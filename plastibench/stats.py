@@ -23,11 +23,12 @@ BOOTSTRAP_MIN_SEEDS = 11
 def mean_ci95(values: Sequence[float]) -> tuple[float, float | None, float | None]:
     """Mean and Student-t 95% confidence interval (n − 1 degrees of freedom, ddof = 1 SEM).
 
-    With one seed the interval is undefined and returned as ``(mean, None, None)``.
+    With one seed, or a non-finite value (a diverged seed scored as inf), the interval is undefined
+    and returned as ``(mean, None, None)``.
     """
     x = np.asarray(values, dtype=np.float64)
     mean = float(x.mean())
-    if x.size < 2:
+    if x.size < 2 or not np.isfinite(x).all():  # one seed, or a diverged seed scored as ±inf
         return mean, None, None
     half = float(stats.t.ppf(0.975, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
     return mean, mean - half, mean + half
