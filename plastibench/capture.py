@@ -47,7 +47,7 @@ class EagerStepper:
     def _loop(self, step, n: int) -> list[torch.Tensor]:
         features: list[torch.Tensor] = []
         for done in range(n):
-            if done and self.engine.interrupted:
+            if done and (self.engine.interrupted or self.engine.paused()):
                 break
             features = step()
             self.engine.step_in_task += 1
@@ -128,7 +128,7 @@ class CudaGraphStepper:
             self.warm_task = task_index
             return self._eager(min(n, WARMUP_STEPS))
         done, features = 0, []
-        while done < n:
+        while done < n and not (done and (self.engine.interrupted or self.engine.paused())):
             k = min(self.steps_per_graph, n - done)
             captured = self._graph(task_index, k)
             captured.replay()

@@ -15,14 +15,19 @@ blocks and lets the task set up its segment; the segment itself runs eagerly, or
 steps (:mod:`plastibench.capture`: a CUDA graph, or a compiled step on a CPU).
 
 At every task boundary the engine measures diagnostics on the task's probe batch. It checkpoints
-whenever ``checkpoint_every`` seconds have passed (checked between segments), at the end, and on
-Ctrl-C, which is deferred to the end of the step (eager) or segment (captured) in flight, so that
-the checkpoint never holds a half-done step; a new engine on the same run directory resumes from
-the checkpoint and ends bit-for-bit where an uninterrupted run would (on CPU).
+whenever ``checkpoint_every`` seconds have passed, at the end, and on Ctrl-C, SIGTERM, SIGHUP or
+SIGUSR1 (Slurm's warning signal), each deferred to the end of the step (eager) or captured block in
+flight, so that the checkpoint never holds a half-done step; Ctrl-C then raises KeyboardInterrupt,
+the others :class:`Preempted`. The wall clock is read between steps: the steppers hand control back
+when a checkpoint or a progress report (``report_every`` seconds) is due, so neither is late by more
+than a step or a captured block, whatever the task's length. A new engine on the same run directory
+resumes from the checkpoint (elapsed time included) and ends bit-for-bit where an uninterrupted run
+would (on CPU).
 """
 
 from __future__ import annotations
 
+import math
 import signal
 import threading
 import time
@@ -47,11 +52,30 @@ CHECK_EVERY = 1000
 
 @dataclass
 class Progress:
-    """What a progress display is told: tasks done, steps done, steps in all."""
+    """What a progress display is told: tasks done, steps done, steps in all, and the run's elapsed
+    seconds (continued across resumes)."""
 
     tasks_done: int
     steps_done: int
     total_steps: int
+    elapsed_s: float = 0.0
+
+
+class Preempted(Exception):
+    """SIGTERM, SIGHUP or SIGUSR1 (Slurm's warning signal) arrived: the run checkpointed and stopped."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1")
+                     if hasattr(signal, name))
 
 
 def _numpy(values: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
@@ -64,7 +88,7 @@ class Engine:
     def __init__(self, method_cls: type[Method], hparams: Mapping[str, Any], task_cls: type[Task],
                  protocol: Protocol, seeds: Sequence[int], *, device: torch.device, directory: Path,
                  config: Mapping[str, Any], data_dir=None, verify: bool = True, checkpoint_every: float = 120.0,
-                 capture: str = "off"):
+                 capture: str = "off", report_every: float = 5.0):
         self.protocol, self.directory, self.config = protocol, Path(directory), dict(config)
         self.seeds = list(seeds)
         self.checkpoint_every = checkpoint_every
@@ -86,7 +110,9 @@ class Engine:
         self.task_index, self.step_in_task, self.wall_time = 0, 0, 0.0
         self.divergence = Divergence(len(self.seeds), device)
         self.stepper = make_stepper(capture, self)
-        self.interrupted: list[bool] = []
+        self.interrupted: list[int] = []  # signals received (handled between steps)
+        self.pause_at = math.inf  # monotonic time at which the steppers hand control back (report, checkpoint)
+        self.report_every = report_every
 
     # ----- checkpointing -----
     @property
@@ -176,7 +202,7 @@ class Engine:
         self.task_index, self.step_in_task = t, first
         offset, n_steps, every = self.task.task_offset(t), self.task.steps_in_task(t), self.task.segment_every(t)
         period = self.method.event_period()
-        while self.step_in_task < last and not self.interrupted:
+        while self.step_in_task < last and not self.interrupted and not self.paused():
             step = self.step_in_task
             end = min(last, self._segment_end(t, step, n_steps))
             self.task.start_segment(t, step)
@@ -190,6 +216,10 @@ class Engine:
             if every and end % every == 0:
                 self.task.end_segment(t, end, self.net, self.optimizer)
         return self.step_in_task
+
+    def paused(self) -> bool:
+        """True once ``pause_at`` has passed: the run loop reports and checkpoints, then goes on."""
+        return time.monotonic() >= self.pause_at
 
     def _step(self, task_index: int, step: int) -> None:
         """One step with its host events (for tests and set-up): in-task step ``step`` of ``task_index``."""
@@ -220,14 +250,16 @@ class Engine:
 
     def run(self, on_progress: Callable[[Progress], None] = lambda p: None) -> dict[str, Any]:
         p = self.protocol
-        last_save = time.monotonic()
+        last_save = last_report = time.monotonic()
         started = time.monotonic() - self.wall_time
 
         total = self.task.total_steps()
 
         def report():
+            nonlocal last_report
             on_progress(Progress(self.task_index, self.task.task_offset(self.task_index) + self.step_in_task,
-                                 total))
+                                 total, time.monotonic() - started))
+            last_report = time.monotonic()
 
         def maybe_checkpoint():
             nonlocal last_save
@@ -235,13 +267,21 @@ class Engine:
                 self.wall_time = time.monotonic() - started
                 self.checkpoint()
                 last_save = time.monotonic()
+            due = last_report + self.report_every
+            if self.checkpoint_every > 0:  # 0: at every natural boundary (CHECK_EVERY steps, task ends)
+                due = min(due, last_save + self.checkpoint_every)
+            self.pause_at = due
 
         interrupted = self.interrupted
         interrupted.clear()
         in_main = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True)) if in_main else None
+        previous = {}
+        if in_main:
+            for signum in STOP_SIGNALS:
+                previous[signum] = signal.signal(signum, lambda signum, _: interrupted.append(signum))
         try:
             report()
+            maybe_checkpoint()
             while self.task_index < p.n_tasks:
                 t = self.task_index
                 self.task.start_task(t)
@@ -264,10 +304,14 @@ class Engine:
         except KeyboardInterrupt:
             self.wall_time = time.monotonic() - started
             self.checkpoint()
+            signum = interrupted[0] if interrupted else signal.SIGINT
+            if signum != signal.SIGINT:
+                raise Preempted(signum) from None
             raise
         finally:
-            if in_main:
-                signal.signal(signal.SIGINT, previous)
+            self.pause_at = math.inf
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
         self.wall_time = time.monotonic() - started
         self.checkpoint()
         final = self._diagnostics(p.n_tasks - 1)

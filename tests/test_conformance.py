@@ -113,8 +113,12 @@ def assert_same_run(a: Engine, b: Engine) -> None:
 def check_finite(reference: Engine) -> None:
     assert len(reference.records) == reference.protocol.n_tasks
     for t, record in enumerate(reference.records):
+        assert not record["diverged"].any(), f"task {t}: a seed diverged"
         for name, values in record.items():
-            assert np.isfinite(values).all(), f"task {t}: {name} = {values}"
+            if name == "diverged_at_step":  # NaN: no seed diverged in this task
+                assert np.isnan(values).all(), f"task {t}: {name} = {values}"
+            else:
+                assert np.isfinite(values).all(), f"task {t}: {name} = {values}"
     for name, p in reference.net.state_dict().items():
         assert torch.isfinite(p).all(), name
     summary = read_yaml(reference.directory / "summary.yaml")
