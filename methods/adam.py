@@ -20,7 +20,7 @@ setting plotted in ``lop/permuted_mnist/plots/all_metrics.py`` from the sweep in
 
 from dataclasses import replace
 
-from plastibench.method import Method
+from plastibench.method import POSITIVE, UNIT_OPEN, Method
 from plastibench.registry import register_method
 
 
@@ -31,6 +31,7 @@ class Adam(Method):
     paper = "Kingma & Ba, Adam, ICLR 2015; baseline of Dohare et al., Nature 632:768-774 (2024)"
     defaults = {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8}
     task_defaults = {"scr": {"lr": 1e-3}, "pmnist": {"lr": 1e-4}}
+    bounds = {"lr": POSITIVE, "beta1": UNIT_OPEN, "beta2": UNIT_OPEN, "eps": POSITIVE}
 
     def optimizer_spec(self, spec):
         return replace(spec, name="adam", lr=self.hp["lr"], betas=(self.hp["beta1"], self.hp["beta2"]),

@@ -13,3 +13,4 @@ from plastibench.registry import register_method
 class Backprop(Method):
     summary = "plain backprop with the protocol's optimizer (the baseline that loses plasticity)"
     paper = "Dohare et al., Loss of plasticity in deep continual learning, Nature 632:768-774 (2024)"
+    bounds = {}  # no hyperparameters

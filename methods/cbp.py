@@ -102,7 +102,7 @@ import math
 import torch
 
 from plastibench import rng
-from plastibench.method import HyperparameterError, Method, StepInfo
+from plastibench.method import NON_NEGATIVE, UNIT, UNIT_OPEN, HyperparameterError, Method, StepInfo
 from plastibench.nn import gain, init_bound
 from plastibench.registry import register_method
 from plastibench.units import UnitGroup
@@ -174,6 +174,9 @@ class ContinualBackprop(Method):
         "icifar100": {"variant": "resgnt", "replacement_rate": 1e-5, "maturity_threshold": 1000, "decay_rate": 0.99,
                       "utility": "contribution", "count_rule": "layer", "init": "kaiming_normal"},
     }
+    # ρ a fraction of the units per step (0: CBP off); m a count of steps; η < 1, else the bias
+    # correction 1 − η^age is 0 and the running averages never move.
+    bounds = {"replacement_rate": UNIT, "maturity_threshold": NON_NEGATIVE, "decay_rate": UNIT_OPEN}
     choices = {
         "variant": ("gnt", "resgnt"),
         "utility": ("contribution", "zero_contribution", "adaptable_contribution", "weight"),

@@ -105,6 +105,7 @@ class CReLU(Method):
              "(PMLR 232); CReLU: Shang et al., ICML 2016")
     defaults = {"widths": "matched"}
     choices = {"widths": ("matched", "same")}
+    bounds = {}  # no numeric hyperparameters
 
     def configure_network(self, net):
         if getattr(net, "activation_name", None) == "crelu":

@@ -36,7 +36,7 @@ from __future__ import annotations
 import torch
 
 from plastibench import rng
-from plastibench.method import HyperparameterError, Method
+from plastibench.method import UNIT_OPEN, Method
 from plastibench.registry import register_method
 
 
@@ -47,11 +47,9 @@ class Dropout(Method):
     paper = ("Srivastava et al., Dropout, JMLR 15:1929-1958 (2014); baseline of Dohare et al., "
              "Nature 632:768-774 (2024)")
     defaults = {"p": 0.1}
+    bounds = {"p": UNIT_OPEN}  # p = 1 would drop everything and scale by 1/0
 
     def configure_network(self, net):
-        p = self.hp["p"]
-        if not 0.0 <= p < 1.0:
-            raise HyperparameterError(f"p must be in [0, 1), got {p}")
         self.net = net
         self.blocks: dict[tuple[int, tuple[int, ...]], rng.Block] = {}
         net.set_post_activation(self._drop)

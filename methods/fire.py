@@ -46,7 +46,7 @@ import math
 
 import torch
 
-from plastibench.method import Method
+from plastibench.method import AT_LEAST_ONE, Method
 from plastibench.nn import BatchedLinear
 from plastibench.registry import register_method
 from plastibench.vision import BatchedConv2d
@@ -85,6 +85,7 @@ class Fire(Method):
              "Tradeoff, ICLR 2026 (arXiv:2602.08040)")
     defaults = {"iterations": 10, "optimizer_state": "all"}
     choices = {"optimizer_state": ("all", "weights", "none")}
+    bounds = {"iterations": AT_LEAST_ONE}  # 0 would only rescale W to √(d_out/d_in)·W/‖W‖_F
 
     def configure_network(self, net):
         self.weights = [m.weight for m in net.modules() if isinstance(m, (BatchedLinear, BatchedConv2d))]

@@ -25,6 +25,7 @@ class FullReset(Method):
     paper = "Dohare et al., Nature 632:768-774 (2024), retrained-network baseline"
     claims = frozenset({"parameters"})
     defaults = {"reset_optimizer_state": False, "reset_bn_statistics": False}
+    bounds = {}  # no numeric hyperparameters
 
     def on_task_start(self, task_index):
         net = self.run.net

@@ -14,7 +14,7 @@ L2 run there, so ``l2`` equals ``bp`` on that task).
 
 from dataclasses import replace
 
-from plastibench.method import Method, with_weight_decay
+from plastibench.method import NON_NEGATIVE, Method, with_weight_decay
 from plastibench.registry import register_method
 
 
@@ -26,6 +26,7 @@ class L2(Method):
     defaults = {"weight_decay": 1e-4, "lr": 0.0}
     task_defaults = {"scr": {"weight_decay": 1e-3}, "pmnist": {"weight_decay": 1e-4},
                      "cimagenet": {"weight_decay": 3e-6, "lr": 0.03}, "icifar100": {"weight_decay": 5e-4}}
+    bounds = {"weight_decay": NON_NEGATIVE, "lr": NON_NEGATIVE}  # lr 0: the protocol's step size
 
     def optimizer_spec(self, spec):
         spec = with_weight_decay(spec, self.hp["weight_decay"])

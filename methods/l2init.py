@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import torch
 
-from plastibench.method import Method
+from plastibench.method import NON_NEGATIVE, Method
 from plastibench.registry import register_method
 
 
@@ -54,6 +54,7 @@ class L2Init(Method):
              "regularization, arXiv 2308.11958 (CoLLAs 2025)")
     defaults = {"lam": 1e-2}
     task_defaults = {"cimagenet": {"lam": 1e-3}}
+    bounds = {"lam": NON_NEGATIVE}
 
     def configure_network(self, net):
         self.params = [p for _, p in net.named_parameters()]

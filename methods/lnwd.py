@@ -35,7 +35,7 @@ No optimizer state is touched; nothing is reset.
 
 from __future__ import annotations
 
-from plastibench.method import Method, with_weight_decay
+from plastibench.method import NON_NEGATIVE, Method, with_weight_decay
 from plastibench.nn import BatchedLayerNorm
 from plastibench.registry import register_method
 
@@ -54,6 +54,7 @@ class LayerNormWeightDecay(Method):
     defaults = {"weight_decay": 1e-4}
     task_defaults = {"scr": {"weight_decay": 1e-3}, "pmnist": {"weight_decay": 1e-4},
                      "cimagenet": {"weight_decay": 3e-6}, "icifar100": {"weight_decay": 5e-4}}
+    bounds = {"weight_decay": NON_NEGATIVE}
 
     def configure_network(self, net):
         add_layer_norms(net, self.run.seeds)

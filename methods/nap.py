@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import torch
 
-from plastibench.method import HyperparameterError, Method
+from plastibench.method import AT_LEAST_ONE, Method
 from plastibench.nn import BatchedLayerNorm
 from plastibench.registry import register_method
 from plastibench.vision import BatchedBatchNorm2d
@@ -58,10 +58,9 @@ class NormalizeAndProject(Method):
     paper = ("Lyle et al., Normalization and effective learning rates in reinforcement learning, "
              "NeurIPS 2024; arXiv:2407.01800")
     defaults = {"period": 1, "project_output": False}
+    bounds = {"period": AT_LEAST_ONE}
 
     def configure_network(self, net):
-        if self.hp["period"] < 1:
-            raise HyperparameterError(f"period must be at least 1, got {self.hp['period']}")
         add_layer_norms(net, self.run.seeds)
         output = net.unit_groups()[-1].outgoing_weight.param
         self.groups: list[list[torch.Tensor]] = [

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import torch
 
-from plastibench.method import Method
+from plastibench.method import NON_NEGATIVE, POSITIVE, Method
 from plastibench.nn import BatchedLinear
 from plastibench.registry import register_method
 from plastibench.vision import BatchedConv2d
@@ -67,6 +67,7 @@ class Parseval(Method):
     paper = ("Chung, Cherif, Precup & Meger, Parseval regularization for continual reinforcement learning, "
              "NeurIPS 2024")
     defaults = {"lam": 1e-3, "s": 2.0, "width_scale": True}
+    bounds = {"lam": NON_NEGATIVE, "s": POSITIVE}  # s = gain² of the rows' target norm: W Wᵀ ≈ s·I
 
     def configure_network(self, net):
         self.weights = hidden_weights(net)

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import torch
 
-from plastibench.method import HyperparameterError, Method, StepInfo
+from plastibench.method import AT_LEAST_ONE, NON_NEGATIVE, Method, StepInfo
 from plastibench.registry import register_method
 from plastibench.units import UnitGroup, incoming_init, incoming_shape, per_unit
 
@@ -74,10 +74,10 @@ class ReDo(Method):
              "ICML 2023")
     defaults = {"threshold": 0.1, "period": 1000, "score_on": "window", "reset_optimizer_state": True}
     choices = {"score_on": ("window", "batch")}
+    # τ compares with a normalised score s_i ≥ 0 (mean 1; τ = 0 recycles only fully silent units)
+    bounds = {"threshold": NON_NEGATIVE, "period": AT_LEAST_ONE}
 
     def configure_network(self, net):
-        if self.hp["period"] < 1:
-            raise HyperparameterError(f"period must be at least 1, got {self.hp['period']}")
         self.groups: list[UnitGroup] = net.unit_groups()
         self.rules = [incoming_init(net, g) for g in self.groups]
         s, dev = self.run.seeds.numel(), self.run.seeds.device

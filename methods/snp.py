@@ -15,7 +15,7 @@ that file's sweep 1e-6…1e-1; ``cimagenet`` λ = 1e-5, σ = 1e-5 (``lop/imagene
 import torch
 
 from plastibench import rng
-from plastibench.method import Method, with_weight_decay
+from plastibench.method import NON_NEGATIVE, Method, with_weight_decay
 from plastibench.registry import register_method
 
 
@@ -30,6 +30,7 @@ class ShrinkAndPerturb(Method):
                      "pmnist": {"weight_decay": 1e-4, "perturb_scale": 1e-5},
                      "cimagenet": {"weight_decay": 1e-5, "perturb_scale": 1e-5},
                      "icifar100": {"weight_decay": 5e-4, "perturb_scale": 1e-5}}
+    bounds = {"weight_decay": NON_NEGATIVE, "perturb_scale": NON_NEGATIVE}  # σ = 0: no noise
 
     def optimizer_spec(self, spec):
         return with_weight_decay(spec, self.hp["weight_decay"])

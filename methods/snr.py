@@ -77,7 +77,7 @@ import math
 
 import torch
 
-from plastibench.method import HyperparameterError, Method, StepInfo
+from plastibench.method import AT_LEAST_ONE, NON_NEGATIVE, HyperparameterError, Method, Range, StepInfo
 from plastibench.registry import register_method
 from plastibench.units import UnitGroup, incoming_init, incoming_shape, per_unit
 
@@ -108,16 +108,24 @@ class SelfNormalizedResets(Method):
         "max_reset_fraction": 0.01,
         "reset_optimizer_state": True,
     }
+    # Thresholds count examples (τ ≥ 1); γ expands τ (γ < 1 would shrink it); the reset fraction ρ
+    # caps K = ⌈ρ·n⌉ but K ≥ 1 (ρ = 0: one unit a step), ρ ≥ 1 resets all due units at once.
+    # tau_max ≥ one batch depends on the protocol: checked in configure_network.
+    bounds = {
+        "percentile": Range(0, 1, low_open=True),
+        "threshold_update_every": AT_LEAST_ONE,
+        "expansion_factor": AT_LEAST_ONE,
+        "initial_threshold": AT_LEAST_ONE,
+        "tau_max": AT_LEAST_ONE,
+        "tau_min": AT_LEAST_ONE,
+        "max_reset_fraction": NON_NEGATIVE,
+    }
 
     def configure_network(self, net):
         hp = self.hp
         self.bin = self.run.protocol.batch_size
-        if not 0 < hp["percentile"] <= 1:
-            raise HyperparameterError(f"percentile must be in (0, 1], got {hp['percentile']}")
         if hp["tau_max"] < self.bin:
             raise HyperparameterError(f"tau_max ({hp['tau_max']}) must be at least one batch ({self.bin} examples)")
-        if hp["threshold_update_every"] < 1:
-            raise HyperparameterError("threshold_update_every must be at least 1")
         self.groups: list[UnitGroup] = net.unit_groups()
         seeds = self.run.seeds
         s, dev, bins = seeds.numel(), seeds.device, hp["tau_max"] // self.bin

@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 
 from plastibench import rng
-from plastibench.method import Method
+from plastibench.method import AT_LEAST_ONE, NON_NEGATIVE, Method
 from plastibench.nn import BatchedLinear
 from plastibench.registry import register_method
 from plastibench.vision import BatchedBatchNorm2d, BatchedConv2d
@@ -91,6 +91,9 @@ class SpectralRegularization(Method):
              "by spectral regularization, ICLR 2025")
     defaults = {"lam": 1e-4, "k": 2, "bias": "separate", "power_iterations": 1}
     choices = {"bias": ("separate", "column")}
+    # k the exponent of σ̂ (k = 0 makes the term constant); 0 power iterations is allowed and
+    # handled (σ̂ from the held u, which then no longer moves)
+    bounds = {"lam": NON_NEGATIVE, "k": AT_LEAST_ONE, "power_iterations": NON_NEGATIVE}
 
     def configure_network(self, net):
         column = self.hp["bias"] == "column"

@@ -54,7 +54,7 @@ import math
 
 import torch
 
-from plastibench.method import Method, make_optimizer
+from plastibench.method import POSITIVE, Method, make_optimizer
 from plastibench.registry import register_method
 
 BETAS = (0.9, 0.99, 0.999, 0.9999, 0.99999, 0.999999)
@@ -188,6 +188,7 @@ class TRAC(Method):
     paper = ("Muppidi, Zhang & Xu, Fast TRAC: A parameter-free optimizer for lifelong reinforcement "
              "learning, NeurIPS 2024")
     defaults = {"s_prev": 1e-8, "eps": 1e-8}
+    bounds = {"s_prev": POSITIVE, "eps": POSITIVE}  # s_prev = 0 would pin every s_j, so θ, at θ_ref
 
     def build_optimizer(self, params, spec):
         return TRACOptimizer(make_optimizer(params, spec), self.run.seeds, s_prev=self.hp["s_prev"],

@@ -63,7 +63,7 @@ import torch
 
 from plastibench import rng
 from plastibench.clock import StepClock
-from plastibench.method import Method
+from plastibench.method import NON_NEGATIVE, POSITIVE, UNIT_OPEN, Method
 from plastibench.registry import register_method
 
 
@@ -137,6 +137,8 @@ class UPGD(Method):
     paper = ("Elsayed & Mahmood, Addressing loss of plasticity and catastrophic forgetting in continual "
              "learning, ICLR 2024")
     defaults = {"lr": 0.01, "beta_utility": 0.9999, "sigma": 0.1, "weight_decay": 0.01}
+    # β < 1: the trace's bias correction divides by 1 − β^t
+    bounds = {"lr": POSITIVE, "beta_utility": UNIT_OPEN, "sigma": NON_NEGATIVE, "weight_decay": NON_NEGATIVE}
     task_defaults = {
         "scr": {"lr": 0.01, "beta_utility": 0.9999, "sigma": 0.1, "weight_decay": 0.01},
         "pmnist": {"lr": 0.01, "beta_utility": 0.9999, "sigma": 0.1, "weight_decay": 0.01},

@@ -55,7 +55,7 @@ import math
 
 import torch
 
-from plastibench.method import Method
+from plastibench.method import POSITIVE, Method
 from plastibench.registry import register_method
 from plastibench.vision import BatchedBatchNorm2d
 
@@ -89,12 +89,13 @@ class WeightClipping(Method):
              "RLJ 5:2198-2217 (2024)")
     defaults = {"zeta": 1.0, "clip_last_layer": True, "clip_norm": True}
     task_defaults = {"scr": {"zeta": 3.0}, "pmnist": {"zeta": 3.0}}
+    bounds = {"zeta": POSITIVE}  # ζ = 0 would clamp every parameter to 0
 
     def configure_network(self, net):
-        self.bounds = clip_bounds(net, self.hp["zeta"], self.hp["clip_last_layer"], self.hp["clip_norm"])
+        self.clips = clip_bounds(net, self.hp["zeta"], self.hp["clip_last_layer"], self.hp["clip_norm"])
         return net
 
     @torch.no_grad()
     def after_step(self, info):
-        for _, p, bound in self.bounds:
+        for _, p, bound in self.clips:
             p.clamp_(-bound, bound)

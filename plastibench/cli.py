@@ -274,18 +274,19 @@ def _module_doc(cls) -> str:
 
 @show_app.command("method")
 def show_method(name: str):
-    """A method's update rule, paper and default hyperparameters for every task."""
+    """A method's update rule, paper and default hyperparameters (with their ranges) for every task."""
     cls = _lookup(METHODS, name)
     console = Console()
     console.print(f"[bold]{name}[/]: {cls.summary}\n[italic]{cls.paper}[/]\n")
     console.print(describe(cls), highlight=False, markup=False)
     tasks = ["(any)"] + TASKS.names()
     table = Table(title="default hyperparameters per task")
-    for col in ["hyperparameter"] + tasks:
+    for col in ["hyperparameter", "range"] + tasks:
         table.add_column(col)
     values = {task: cls.hparams_for(task) for task in tasks}
     for key in sorted(cls.hparameter_names()):
-        table.add_row(key, *(str(values[task].get(key, "")) for task in tasks))
+        bound = cls.bounds.get(key)
+        table.add_row(key, "" if bound is None else str(bound), *(str(values[task].get(key, "")) for task in tasks))
     if cls.hparameter_names():
         console.print(table)
 

@@ -11,7 +11,7 @@ part's hooks in the order written:
 * ``state_dict`` is namespaced by part: ``{"cbp": {...}, "l2": {...}}``.
 
 Hyperparameters are namespaced ``PART.KEY`` (``cbp.replacement_rate``); an unqualified ``KEY`` is
-accepted where exactly one part has it. Two parts that claim the same thing (``Method.claims``:
+accepted where exactly one part has it. Each part's ``choices`` and ``bounds`` hold for its keys. Two parts that claim the same thing (``Method.claims``:
 two optimizers, two weight decays, ...) or that both build the optimizer cannot be composed: that is
 a :class:`CompositionError`, a usage error (exit status 2 on the command line).
 """
@@ -203,6 +203,7 @@ def _compose(canonical: str) -> type[Composite]:
         "task_defaults": {t: {k: v for p in parts for k, v in namespaced(p.task_defaults.get(t, {}), p).items()}
                           for t in tasks},
         "choices": {k: v for p in parts for k, v in namespaced(p.choices, p).items()},
+        "bounds": {k: v for p in parts for k, v in namespaced(p.bounds, p).items()},
         "claims": frozenset().union(*(p.claims for p in parts)),
     }
     return type(f"Composite[{canonical}]", (Composite,), attrs)

@@ -26,6 +26,7 @@ records that it did.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, ClassVar, Mapping
 
@@ -65,7 +66,55 @@ class StepInfo:
 
 
 class HyperparameterError(ValueError):
-    """A hyperparameter override that names no hyperparameter or has the wrong type."""
+    """A hyperparameter that names no hyperparameter, has the wrong type or lies outside its range."""
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric hyperparameter may take: ``low`` to ``high`` (None: unbounded on that
+    side), each end included unless ``low_open`` / ``high_open``. ``str`` reads "[0, 1]", "[0, 1)",
+    "> 0", ">= 1"; NaN and ±inf are never in a range."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        if self.high is not None and (value >= self.high if self.high_open else value > self.high):
+            return False
+        return True
+
+    def __str__(self) -> str:
+        if self.low is not None and self.high is not None:
+            return (f"{'(' if self.low_open else '['}{_number(self.low)}, "
+                    f"{_number(self.high)}{')' if self.high_open else ']'}")
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {_number(self.low)}"
+        if self.high is not None:
+            return f"{'<' if self.high_open else '<='} {_number(self.high)}"
+        return "finite"
+
+    def requirement(self) -> str:
+        """``str(self)`` as the end of "it must be ...": "in [0, 1]", ">= 0", "finite"."""
+        text = str(self)
+        return f"in {text}" if text[0] in "[(" else text
+
+
+# The ranges most hyperparameters take (``bounds = {"lr": POSITIVE, "beta1": UNIT_OPEN, ...}``).
+UNIT = Range(0, 1)                        # [0, 1]: rates, fractions, probabilities
+UNIT_OPEN = Range(0, 1, high_open=True)   # [0, 1): decay rates, betas, dropout's p
+POSITIVE = Range(0, low_open=True)        # > 0: step sizes, eps, scales that divide
+NON_NEGATIVE = Range(0)                   # >= 0: weight decay, λ, thresholds, noise scales
+AT_LEAST_ONE = Range(1)                   # >= 1: periods, counts of steps or iterations
 
 
 def _coerce(name: str, value: Any, default: Any) -> Any:
@@ -95,7 +144,10 @@ class Method:
 
     Class attributes every method sets: ``summary`` (one line), ``paper`` (citation),
     ``defaults`` (hyperparameters with their paper values) and ``task_defaults`` (per-task values
-    from the paper's own configs, overriding ``defaults``). ``choices`` restricts string values.
+    from the paper's own configs, overriding ``defaults``). ``choices`` restricts string values;
+    ``bounds`` gives every numeric (int or float) hyperparameter its :class:`Range`, which
+    :meth:`hparams_for` enforces on defaults, task defaults and overrides alike (NaN and ±inf are
+    refused for every float, bound or not).
     """
 
     name: ClassVar[str] = ""
@@ -104,6 +156,7 @@ class Method:
     defaults: ClassVar[dict[str, Any]] = {}
     task_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
     choices: ClassVar[dict[str, tuple[str, ...]]] = {}
+    bounds: ClassVar[dict[str, Range]] = {}
     # What the method owns exclusively, so that a composition (``cbp+l2``) of two methods claiming
     # the same thing is refused. Vocabulary: "optimizer" (chooses the optimizer algorithm),
     # "weight_decay" (sets the optimizer's weight decay), "architecture" (changes the network's
@@ -117,6 +170,7 @@ class Method:
     def __init__(self, hparams: Mapping[str, Any], run: RunContext):
         self.hp = dict(hparams)
         self.run = run
+        self.check_hparams(self.hp)
 
     @classmethod
     def hparameter_names(cls) -> set[str]:
@@ -133,7 +187,23 @@ class Method:
             hp[key] = _coerce(key, value, hp[key])
             if key in cls.choices and hp[key] not in cls.choices[key]:
                 raise HyperparameterError(f"{key} must be one of {', '.join(cls.choices[key])}, got {hp[key]!r}")
+        cls.check_hparams(hp)
         return hp
+
+    @classmethod
+    def check_hparams(cls, hp: Mapping[str, Any]) -> None:
+        """Raise :class:`HyperparameterError` (one line: method, key, value, range) for a float that is
+        NaN or ±inf, or a number outside its declared ``bounds``."""
+        for key, value in hp.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            bound = cls.bounds.get(key)
+            if isinstance(value, float) and not math.isfinite(value):
+                must = f"; it must be {bound.requirement()}" if bound is not None else ""
+                raise HyperparameterError(f"{cls.name}: {key}={value!r} is not a finite number{must}")
+            if bound is not None and value not in bound:
+                raise HyperparameterError(f"{cls.name}: {key}={value!r} is out of range; "
+                                          f"it must be {bound.requirement()}")
 
     # ----- hooks -----
     def configure_network(self, net: torch.nn.Module) -> torch.nn.Module:

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import torch
 
-from plastibench.method import Method, StepInfo
+from plastibench.method import POSITIVE, Method, StepInfo
 from plastibench.registry import register_method
 
 
@@ -53,6 +53,11 @@ class $cls(Method):
     paper = "TODO authors, title, venue year"
     defaults = {"weight_bound": 100.0}  # TODO the paper's hyperparameters and their values
     task_defaults = {}  # TODO per-task values from the paper's configs, e.g. {"scr": {"weight_bound": 10.0}}
+    # TODO the range of every int or float hyperparameter (a test refuses a method without them):
+    # UNIT [0, 1], UNIT_OPEN [0, 1), POSITIVE > 0, NON_NEGATIVE >= 0, AT_LEAST_ONE >= 1, or
+    # Range(low, high, low_open, high_open), all from plastibench.method. `--set` values outside
+    # the range, NaN and inf are refused before the run starts.
+    bounds = {"weight_bound": POSITIVE}
     claims = frozenset()  # what it owns exclusively, for compositions: see CONTRIBUTING.md
 
     # The hooks, in the order the engine calls them (plastibench/method.py). Override only those
@@ -98,7 +103,7 @@ class $cls(Method):
 def class_name(name: str) -> str:
     """``my_method`` -> ``MyMethod``, never one of the names the skeleton imports."""
     camel = "".join(part[:1].upper() + part[1:] for part in name.split("_")) or "Plugin"
-    return camel + "Method" if camel in {"Method", "StepInfo"} else camel
+    return camel + "Method" if camel in {"Method", "StepInfo", "POSITIVE"} else camel
 
 
 def check_name(name: str) -> None:

@@ -29,7 +29,7 @@ def _method(net, **overrides):
 
 
 def _bounds(method):
-    return {name: bound for name, _, bound in method.bounds}
+    return {name: bound for name, _, bound in method.clips}
 
 
 def test_mlp_bounds_are_zeta_over_sqrt_fan_in_for_weights_and_biases():
@@ -66,7 +66,7 @@ def test_after_step_clamps_resnet_parameters_into_their_box(fast_resnet_init):
     net = fast_resnet18(SEEDS)
     method = _method(net, zeta=1.5)
     method.after_step(None)
-    for name, p, bound in method.bounds:
+    for name, p, bound in method.clips:
         assert p.abs().max() <= bound, name
     assert (net.bn1.weight == 1.5 / math.sqrt(27)).all()  # γ = 1 clipped to its bound
 
