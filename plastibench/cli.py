@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import tempfile
 import time
 from enum import Enum
 from pathlib import Path
@@ -22,11 +23,33 @@ from .cli_data import data_app
 from .cli_leaderboard import compare_command, leaderboard_app
 from .compose import describe
 from .data.paths import DataUnavailable
-from .errors import UsageError
+from .errors import CheckpointUnreadable, RunFileError, StartupInterrupted, UsageError
 from .registry import METHODS, TASKS, UnknownName
+from .runfiles import read_summary
 from .runner import execute, plan, parse_overrides, resolve_capture, resolve_device
 
+class FaultsGroup(typer.core.TyperGroup):
+    """The top-level command group: user-facing errors that escape a command end in one line.
+
+    UsageError exits 2; a damaged run file or checkpoint exits 1; Ctrl-C exits 130 (click would
+    print "Aborted!" and exit 1).
+    """
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UsageError as exc:
+            raise fail(str(exc.args[0]) if exc.args else "bad input", 2) from None
+        except RunFileError as exc:  # CheckpointUnreadable too: its message offers --restart
+            raise fail(str(exc), 1) from None
+        except StartupInterrupted:
+            raise fail("interrupted before training started; nothing was saved", 130) from None
+        except KeyboardInterrupt:
+            raise fail("interrupted", 130) from None
+
+
 app = typer.Typer(
+    cls=FaultsGroup,
     help="Benchmark plasticity-preserving methods for continual deep learning.\n\n"
          "Start with:  plastibench run --method bp,cbp --task scr --protocol short",
     no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False,
@@ -75,6 +98,9 @@ def run(
                                          "elsewhere; off: always eager; compile: torch.compile the step. "
                                          "Results agree to float rounding; recorded in environment.yaml.")
                        ] = "auto",
+    restart: Annotated[bool, typer.Option("--restart", help="Discard the run directory's checkpoint, metrics "
+                                          "and summary and start the run afresh (e.g. after a damaged "
+                                          "checkpoint).")] = False,
 ):
     """Train every seed of each method in one batched model; resume if interrupted.
 
@@ -92,12 +118,17 @@ def run(
     """
     methods = [m.strip() for m in method.split(",") if m.strip()]
     try:
+        if not methods:
+            raise UsageError(f"--method {method!r} names no method; write e.g. --method bp,cbp")
         dev = resolve_device(device)
         resolve_capture(capture, dev)
         overrides = parse_overrides(set_, methods)
         plans = [plan(m, task, protocol, seeds, overrides[m], out) for m in methods]
+        _check_dir("--data-dir", data_dir)
+        _check_dir("--out", out)
     except (UnknownName, UsageError) as exc:
         raise fail(str(exc.args[0]), 2)
+    _check_writable(out)
 
     summaries = []
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("tasks {task.fields[tasks]}"),
@@ -107,7 +138,8 @@ def run(
         for p in plans:
             n_seeds, proto = len(p.config["seeds"]), p.config["protocol_spec"]
             bar = progress.add_task(f"{p.method:>8} {task}/{protocol}", total=proto["n_tasks"] *
-                                    proto["steps_per_task"], tasks=f"0/{proto['n_tasks']}", rate="-")
+                                    proto["steps_per_task"], tasks=f"0/{proto['n_tasks']}", rate="-",
+                                    visible=False)  # shown from the first progress: a refusal stays one line
             start = {"time": time.monotonic(), "steps": None}
 
             def on_progress(pr, bar=bar, start=start, n_seeds=n_seeds, n_tasks=proto["n_tasks"]):
@@ -116,19 +148,54 @@ def run(
                 dt = time.monotonic() - start["time"]
                 rate = (pr.steps_done - start["steps"]) * n_seeds / dt if dt > 0 else 0.0
                 progress.update(bar, total=pr.total_steps, completed=pr.steps_done, tasks=f"{pr.tasks_done}/{n_tasks}",
-                                rate=f"{rate:,.0f}")
+                                rate=f"{rate:,.0f}", visible=True)
 
             try:
+                if p.done and not restart:
+                    read_summary(p.directory / "summary.yaml")  # a damaged summary: one line, --restart
                 summary = execute(p, device=dev, data_dir=data_dir, verify=verify,
-                                  checkpoint_every=checkpoint_every, on_progress=on_progress, capture=capture)
+                                  checkpoint_every=checkpoint_every, on_progress=on_progress, capture=capture,
+                                  restart=restart)
             except DataUnavailable as exc:
                 raise fail(str(exc), 1)
+            except UsageError as exc:  # e.g. the seeds do not fit in memory
+                raise fail(str(exc.args[0]), 2)
+            except RunFileError as exc:
+                raise fail(str(exc), 1)
+            except OSError as exc:
+                raise fail(f"cannot read or write {exc.filename or p.directory}: {exc.strerror or exc}; check "
+                           "--out and --data-dir (writable directories, free disk space)", 1)
+            except StartupInterrupted:
+                raise fail("interrupted before training started; nothing was saved", 130)
             except KeyboardInterrupt:
                 raise fail(f"interrupted; checkpoint saved in {p.directory}. Re-run the same command to "
                             "resume.", 130)
-            progress.update(bar, completed=progress.tasks[bar].total, tasks=f"{proto['n_tasks']}/{proto['n_tasks']}")
+            progress.update(bar, completed=progress.tasks[bar].total, tasks=f"{proto['n_tasks']}/{proto['n_tasks']}",
+                            visible=True)
             summaries.append((p, summary))
     _print_table(summaries)
+
+
+def _check_dir(option: str, path: Optional[Path]) -> None:
+    """A directory option must not name a file (or lie under one)."""
+    if path is None:
+        return
+    for part in (path, *path.parents):
+        if part.exists():
+            if not part.is_dir():
+                raise UsageError(f"{option} {path}: {part} is a file, not a directory; give a directory")
+            return
+
+
+def _check_writable(out: Path) -> None:
+    """Create ``out`` and write a scratch file in it: a read-only place fails here in one line (exit 1)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise fail(f"--out {out}: cannot write there ({exc.strerror or exc}); choose a writable directory "
+                   "with --out", 1) from None
 
 
 def _print_table(summaries) -> None:

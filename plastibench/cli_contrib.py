@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 
 from .cli_common import fail
-from .errors import UsageError
+from .errors import RunFileError, UsageError
 
 err = Console(stderr=True)
 
@@ -39,17 +39,41 @@ def plot_command(
     """
     from . import plots
 
+    from .runfiles import read_config
+
     try:
+        _check_format(output)
+        for d in run_dirs:
+            if (Path(d) / "config.yaml").is_file() and (Path(d) / "metrics.csv").is_file():
+                read_config(Path(d) / "config.yaml")  # damaged or hand-edited: one line naming the field
         runs = plots.load_runs(run_dirs)
         metrics = plots.resolve_metrics(runs, metric)
         plots.draw(runs, metrics, output)
     except UsageError as exc:
         raise fail(str(exc))
+    except RunFileError as exc:
+        raise fail(str(exc), 1)
+    except OSError as exc:
+        raise fail(f"cannot write {output}: {exc.strerror or exc}; choose another --output", 1)
+    except (KeyError, IndexError, TypeError, ValueError) as exc:  # files that parse but do not agree
+        raise fail(f"the files of {', '.join(map(str, run_dirs))} do not agree with each other "
+                   f"({type(exc).__name__}: {' '.join(str(exc).split())[:80]}); restore them or re-run with "
+                   "--restart", 1)
     for run in runs:
         if not run.finished:
             err.print(f"Note: {run.directory} is unfinished (no summary.yaml); plotted its "
                       f"{run.tasks_done} of {run.spec['n_tasks']} tasks.", highlight=False)
     typer.echo(f"wrote {output} ({', '.join(metrics)}; {len(runs)} run{'s' * (len(runs) > 1)})")
+
+
+def _check_format(output: Path) -> None:
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    kinds = FigureCanvasBase.get_supported_filetypes()
+    if output.suffix and output.suffix[1:].lower() not in kinds:
+        raise UsageError(f"--output {output}: unknown figure format {output.suffix!r}; use .png, .pdf or .svg")
+    if output.is_dir():
+        raise UsageError(f"--output {output} is a directory; name a figure file, e.g. {output / 'curves.png'}")
 
 
 def new_method_command(

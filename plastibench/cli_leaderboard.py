@@ -16,8 +16,9 @@ from rich.text import Text
 
 from . import compare, leaderboard
 from .cli_common import fail
+from .errors import RunFileError
 from .leaderboard import DEFAULT_TUNING, LeaderboardError
-from .results import read_yaml
+from .runfiles import read_run, read_summary
 from .stats import iqm, iqm_ci95
 
 leaderboard_app = typer.Typer(
@@ -37,9 +38,15 @@ def submit(
 ):
     """Write ROOT/entries/TASK/PROTOCOL/METHOD.yaml from a finished run: provenance and raw per-seed values."""
     try:
+        if (Path(run_dir) / "summary.yaml").is_file():
+            read_run(run_dir)  # damaged or hand-edited run files: one line naming the file and field
         path = leaderboard.submit(run_dir, root, tuning, force)
+    except RunFileError as exc:
+        raise fail(str(exc), 1)
     except LeaderboardError as exc:
         raise fail(str(exc))
+    except OSError as exc:
+        raise fail(f"cannot write the entry under {root}: {exc.strerror or exc}; choose a writable --root", 1)
     typer.echo(f"wrote {path}")
     typer.echo(f"next: plastibench leaderboard render --root {root} && plastibench leaderboard check "
                f"--root {root}", err=True)
@@ -57,6 +64,8 @@ def check(
         n, problems = leaderboard.check(root, against)
     except LeaderboardError as exc:
         raise fail(str(exc))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise fail(_unreadable(root, exc), 1)
     for problem in problems:
         typer.echo(problem)
     if problems:
@@ -71,9 +80,17 @@ def render(root: RootOption = Path("leaderboard")):
         path, shown, skipped = leaderboard.render(root)
     except LeaderboardError as exc:
         raise fail(str(exc))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise fail(_unreadable(root, exc), 1)
     for problem in skipped:
         typer.echo(f"skipped {problem}", err=True)
     typer.echo(f"wrote {path} ({shown} entries)")
+
+
+def _unreadable(root: Path, exc: Exception) -> str:
+    if isinstance(exc, UnicodeDecodeError):
+        return f"a file under {root} is not UTF-8 text ({exc.reason}); restore it from git or remove it"
+    return f"cannot read or write {getattr(exc, 'filename', None) or root}: {exc.strerror or exc}"
 
 
 def _summary(run_dir: Path) -> dict[str, Any]:
@@ -82,7 +99,10 @@ def _summary(run_dir: Path) -> dict[str, Any]:
         raise fail(f"{run_dir}: not a run directory")
     if not path.exists():
         raise fail(f"{run_dir}: no summary.yaml; the run is unfinished")
-    return read_yaml(path)
+    try:
+        return read_summary(path)
+    except RunFileError as exc:
+        raise fail(str(exc), 1)
 
 
 def compare_command(

@@ -28,6 +28,7 @@ import torch
 import yaml
 
 from . import __version__
+from .errors import CheckpointUnreadable, RunFileError
 from .protocol import Protocol
 from .divergence import diverged_seeds, scored
 from .stats import mean_ci95
@@ -79,8 +80,20 @@ def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
     _atomic_write(path, lambda f: torch.save(dict(state), f))
 
 
+CHECKPOINT_KEYS = ("config", "task_index", "step_in_task", "wall_time", "records")
+
+
 def load_checkpoint(path: Path) -> dict[str, Any] | None:
-    return torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None
+    """The checkpoint at ``path``, None if there is none; :class:`CheckpointUnreadable` if it does not load."""
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - truncated zip, pickle garbage, unknown classes: all unreadable
+        raise CheckpointUnreadable(path, f"{type(exc).__name__}: {' '.join(str(exc).split())[:120]}") from None
+    if not isinstance(state, dict) or any(k not in state for k in CHECKPOINT_KEYS):
+        raise CheckpointUnreadable(path, "not a plastibench checkpoint")
+    return state
 
 
 def git_commit() -> str | None:
@@ -127,10 +140,19 @@ def read_metrics(path: Path) -> dict[str, dict[int, list[float]]]:
     """``metrics.csv`` back as ``{metric: {seed: [value per task]}}``."""
     out: dict[str, dict[int, list[float]]] = {}
     with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            series = out.setdefault(row["metric"], {}).setdefault(int(row["seed"]), [])
-            assert int(row["task_index"]) == len(series), f"{path}: rows out of order"
-            series.append(float(row["value"]))
+        reader = csv.DictReader(f)
+        try:
+            for row in reader:
+                series = out.setdefault(row["metric"], {}).setdefault(int(row["seed"]), [])
+                if int(row["task_index"]) != len(series):
+                    raise ValueError("rows out of order")
+                series.append(float(row["value"]))
+        except (ValueError, TypeError, KeyError, csv.Error) as exc:
+            what = f"no column {exc}" if isinstance(exc, KeyError) else "a missing value" if isinstance(
+                exc, TypeError) else " ".join(str(exc).split())[:80]
+            raise RunFileError(f"{path}: line {reader.line_num} is damaged ({what}); expected the columns "
+                               "seed,task_index,metric,value with numbers; restore the file or re-run the run "
+                               "with --restart") from None
     return out
 
 

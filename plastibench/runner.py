@@ -11,9 +11,13 @@ import torch
 from .compose import accepts
 from .capture import resolve
 from .engine import Engine, Progress
-from .errors import UsageError
+from .errors import StartupInterrupted, UsageError
+from .memory import check_fits
 from .registry import METHODS, TASKS
 from .results import environment, read_yaml, run_config, run_dir, write_yaml
+
+
+MAX_SEEDS = 1_000_000  # past this even the list of seeds is a burden; memory.check_fits refuses far fewer
 
 
 def parse_seeds(text: str | None, default_count: int) -> list[int]:
@@ -27,7 +31,11 @@ def parse_seeds(text: str | None, default_count: int) -> list[int]:
             a, b = int(lo), int(hi) if hi else int(lo)
             if a < 0 or b < a:
                 raise ValueError
+            if b - a + len(seeds) >= MAX_SEEDS:
+                raise UsageError(f"--seeds {text!r} asks for over {MAX_SEEDS} seeds; run far fewer at once")
             seeds.update(range(a, b + 1))
+    except UsageError:
+        raise
     except ValueError:
         raise UsageError(f"--seeds {text!r} is not a list of seeds; write e.g. 0-9, 2 or 0,3,5") from None
     return sorted(seeds)
@@ -112,19 +120,42 @@ def plan(method: str, task: str, protocol: str, seeds: str | None, overrides: Ma
     return Plan(method, hparams, config, run_dir(out, config))
 
 
+RESTART_FILES = ("checkpoint.pt", "metrics.csv", "summary.yaml")
+
+
+def discard(p: Plan) -> None:
+    """``--restart``: remove the plan's checkpoint, metrics and summary so that it runs afresh."""
+    for name in RESTART_FILES:
+        (p.directory / name).unlink(missing_ok=True)
+
+
 def execute(p: Plan, *, device: torch.device, data_dir=None, verify: bool = True, checkpoint_every: float = 120.0,
-            on_progress: Callable[[Progress], None] = lambda _: None, capture: str = "off") -> dict[str, Any]:
-    """Run (or resume) one plan and return its summary; a finished plan is read, not recomputed."""
+            on_progress: Callable[[Progress], None] = lambda _: None, capture: str = "off",
+            restart: bool = False) -> dict[str, Any]:
+    """Run (or resume) one plan and return its summary; a finished plan is read, not recomputed.
+
+    ``restart`` discards what the directory holds first. A run that cannot fit in the device's
+    free memory is refused (UsageError) before anything is built; Ctrl-C before the training loop
+    raises :class:`StartupInterrupted` (nothing saved).
+    """
+    if restart:
+        discard(p)
     if p.done:
         return read_yaml(p.directory / "summary.yaml")
-    task_cls = TASKS.get(p.config["task"])
-    engine = Engine(METHODS.get(p.method), p.hparams, task_cls, task_cls.protocol(p.config["protocol"]),
-                    p.config["seeds"], device=device, directory=p.directory, config=p.config,
-                    data_dir=data_dir, verify=verify, checkpoint_every=checkpoint_every, capture=capture)
-    if not engine.resume():
-        write_yaml(p.directory / "config.yaml", p.config)
-    env = environment(device, engine.task.data_record())
-    env["capture"] = {"asked": capture, "used": engine.stepper.mode,
-                      "method_capturable": bool(getattr(engine.method, "capturable", True))}
-    write_yaml(p.directory / "environment.yaml", env)
+    try:
+        task_cls, method_cls = TASKS.get(p.config["task"]), METHODS.get(p.method)
+        protocol = task_cls.protocol(p.config["protocol"])
+        check_fits(p.method, method_cls, p.hparams, task_cls, protocol, len(p.config["seeds"]), device,
+                   data_dir=data_dir)
+        engine = Engine(method_cls, p.hparams, task_cls, protocol,
+                        p.config["seeds"], device=device, directory=p.directory, config=p.config,
+                        data_dir=data_dir, verify=verify, checkpoint_every=checkpoint_every, capture=capture)
+        if not engine.resume():
+            write_yaml(p.directory / "config.yaml", p.config)
+        env = environment(device, engine.task.data_record())
+        env["capture"] = {"asked": capture, "used": engine.stepper.mode,
+                          "method_capturable": bool(getattr(engine.method, "capturable", True))}
+        write_yaml(p.directory / "environment.yaml", env)
+    except KeyboardInterrupt:
+        raise StartupInterrupted() from None
     return engine.run(on_progress)

@@ -1,0 +1,5 @@
+"""``python -m plastibench``: the command line."""
+
+from .entry import main
+
+main()
