@@ -17,7 +17,7 @@ from rich.text import Text
 from . import compare, leaderboard
 from .cli_common import fail
 from .leaderboard import DEFAULT_TUNING, LeaderboardError
-from .results import read_yaml
+from .results import ResultError, load_summary
 from .stats import iqm, iqm_ci95
 
 leaderboard_app = typer.Typer(
@@ -82,7 +82,10 @@ def _summary(run_dir: Path) -> dict[str, Any]:
         raise fail(f"{run_dir}: not a run directory")
     if not path.exists():
         raise fail(f"{run_dir}: no summary.yaml; the run is unfinished")
-    return read_yaml(path)
+    try:
+        return load_summary(run_dir)  # recomputed from metrics.csv
+    except ResultError as exc:
+        raise fail(str(exc))
 
 
 def compare_command(
