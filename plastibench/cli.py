@@ -25,7 +25,6 @@ from .compose import describe
 from .data.paths import DataUnavailable
 from .errors import CheckpointUnreadable, RunFileError, StartupInterrupted, UsageError
 from .registry import METHODS, TASKS, UnknownName
-from .runfiles import read_summary
 from .runner import execute, plan, parse_overrides, resolve_capture, resolve_device
 
 class FaultsGroup(typer.core.TyperGroup):
@@ -101,12 +100,22 @@ def run(
     restart: Annotated[bool, typer.Option("--restart", help="Discard the run directory's checkpoint, metrics "
                                           "and summary and start the run afresh (e.g. after a damaged "
                                           "checkpoint).")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Recompute even if the run is finished (in place, "
+                                        "under the run's lock).")] = False,
 ):
     """Train every seed of each method in one batched model; resume if interrupted.
 
     All seeds of a method run in lockstep as one batched network. Results go to
     OUT/TASK/PROTOCOL/METHOD-HASH/ (config, environment, per-seed metrics.csv, summary.yaml).
-    Re-running the same command continues from the last checkpoint; finished runs are not redone.
+    HASH covers the configuration, a digest of the source files that define the run (method,
+    task, engine and the plastibench modules they import) and the data checksums with their
+    verified flag: changed code or data gets a new directory. Re-running the same command
+    continues from the last checkpoint; finished runs are read, not redone (the table says
+    "cached"), their summary recomputed from metrics.csv; --force recomputes them.
+
+    Concurrent runs: each run directory is locked (RUN_DIR/.lock). A second process asking for a
+    configuration that another one is computing waits for it, then reads its result; the same
+    run is never computed twice at once.
 
     Examples:
 
@@ -130,6 +139,9 @@ def run(
         raise fail(str(exc.args[0]), 2)
     _check_writable(out)
 
+    def waiting(directory):
+        err.print(f"waiting: another process is computing {directory}; its result will be read")
+
     summaries = []
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("tasks {task.fields[tasks]}"),
                TextColumn("{task.fields[rate]} seed-steps/s"), TimeElapsedColumn(), TextColumn("ETA"),
@@ -151,11 +163,9 @@ def run(
                                 rate=f"{rate:,.0f}", visible=True)
 
             try:
-                if p.done and not restart:
-                    read_summary(p.directory / "summary.yaml")  # a damaged summary: one line, --restart
                 summary = execute(p, device=dev, data_dir=data_dir, verify=verify,
                                   checkpoint_every=checkpoint_every, on_progress=on_progress, capture=capture,
-                                  restart=restart)
+                                  restart=restart, force=force, on_wait=waiting)
             except DataUnavailable as exc:
                 raise fail(str(exc), 1)
             except UsageError as exc:  # e.g. the seeds do not fit in memory
@@ -168,6 +178,8 @@ def run(
             except StartupInterrupted:
                 raise fail("interrupted before training started; nothing was saved", 130)
             except KeyboardInterrupt:
+                if p.directory is None:
+                    raise fail("interrupted while loading the data; nothing was computed.", 130)
                 raise fail(f"interrupted; checkpoint saved in {p.directory}. Re-run the same command to "
                             "resume.", 130)
             progress.update(bar, completed=progress.tasks[bar].total, tasks=f"{proto['n_tasks']}/{proto['n_tasks']}",
@@ -203,12 +215,13 @@ def _print_table(summaries) -> None:
     arrow = "higher is better" if first["higher_is_better"] else "lower is better"
     table = Table(title=f"{first['task']}/{first['protocol']} ({first['protocol_hash']}): "
                         f"{first['metric']}, {arrow}")
-    for col in ("method", "mean", "95% CI", "seeds", "run directory"):
+    for col in ("method", "mean", "95% CI", "seeds", "run directory", "result"):
         table.add_column(col)
     for p, s in summaries:
         ci = "n/a (1 seed)" if s["ci95"] is None else f"[{s['ci95'][0]:.4f}, {s['ci95'][1]:.4f}]"
         seeds = str(s["n_seeds"]) + (f" ({s['n_diverged']} diverged)" if s.get("n_diverged") else "")
-        table.add_row(p.method, f"{s['mean']:.4f}", ci, seeds, str(p.directory))
+        table.add_row(p.method, f"{s['mean']:.4f}", ci, seeds, str(p.directory),
+                      "cached" if p.cached else "computed")
     Console().print(table)
 
 

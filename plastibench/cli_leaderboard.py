@@ -18,7 +18,8 @@ from . import compare, leaderboard
 from .cli_common import fail
 from .errors import RunFileError
 from .leaderboard import DEFAULT_TUNING, LeaderboardError
-from .runfiles import read_run, read_summary
+from .results import ResultError, load_summary
+from .runfiles import read_run
 from .stats import iqm, iqm_ci95
 
 leaderboard_app = typer.Typer(
@@ -100,8 +101,8 @@ def _summary(run_dir: Path) -> dict[str, Any]:
     if not path.exists():
         raise fail(f"{run_dir}: no summary.yaml; the run is unfinished")
     try:
-        return read_summary(path)
-    except RunFileError as exc:
+        return load_summary(run_dir)  # recomputed from metrics.csv
+    except (ResultError, RunFileError) as exc:
         raise fail(str(exc), 1)
 
 

@@ -6,7 +6,8 @@ parameters and optimizer state; a diverged seed's parameters and optimizer state
 so that nothing non-finite reaches the diagnostics or any later computation (seeds share no
 parameter, so no other seed is ever touched). From the task it diverged in on, a diverged seed's
 per-task metric and diagnostics are recorded as NaN (not measured) in ``metrics.csv``, with a
-``diverged`` row (1 from that task on) and a ``diverged_at_step`` row at that task.
+``diverged`` row (1 from that task on) and a ``diverged_at_step`` row (the global step in the task it
+diverged in, else -1).
 
 How a diverged seed scores is the protocol's ``diverged_score`` (part of its hash):
 

@@ -246,7 +246,7 @@ class Engine:
         metric[~alive] = np.nan
         newly = ~alive & np.isin(at, np.arange(self.task.task_offset(t), last_step + 1))
         return {self.protocol.metric: metric, **self.task_diagnostics, "diverged": (~alive).astype(float),
-                "diverged_at_step": np.where(newly, at, np.nan)}
+                "diverged_at_step": np.where(newly, at, -1.0)}
 
     def run(self, on_progress: Callable[[Progress], None] = lambda p: None) -> dict[str, Any]:
         p = self.protocol

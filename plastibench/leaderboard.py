@@ -18,7 +18,7 @@ import yaml
 
 from . import compare
 from .registry import METHODS, TASKS, UnknownName
-from .results import read_yaml, write_yaml
+from .results import ResultError, load_summary, read_yaml, write_yaml
 from .stats import mean_ci95
 
 SCHEMA_VERSION = 1
@@ -89,7 +89,11 @@ def entry_from_run(run_dir: Path, tuning: str = DEFAULT_TUNING) -> dict[str, Any
         raise LeaderboardError(f"{run_dir}: not a run directory")
     if not (run_dir / "summary.yaml").exists():
         raise LeaderboardError(f"{run_dir}: no summary.yaml; the run is unfinished (re-run its command to finish it)")
-    summary, env = read_yaml(run_dir / "summary.yaml"), read_yaml(run_dir / "environment.yaml")
+    try:
+        summary = load_summary(run_dir)  # recomputed from metrics.csv, never summary.yaml's word
+    except ResultError as exc:
+        raise LeaderboardError(str(exc)) from None
+    env = read_yaml(run_dir / "environment.yaml")
     seeds = read_yaml(run_dir / "config.yaml")["seeds"]
     method, task, name = summary["method"], summary["task"], summary["protocol"]
     try:

@@ -2,11 +2,20 @@
 
 ``<out>/<task>/<protocol>/<method>-<config hash>/`` holds
 
-* ``config.yaml``      the resolved configuration (method, hyperparameters, protocol, seeds);
-* ``environment.yaml`` versions, device, git commit, data checksums;
+* ``config.yaml``      the resolved configuration (method, hyperparameters, protocol, seeds) and
+  what else the result belongs to: ``code_digest`` (SHA-256 of the source files that define the
+  run, :mod:`plastibench.identity`) and ``data`` (the data checksums and their verified flag);
+  all of it is hashed into the directory name;
+* ``environment.yaml`` versions, device, git commit and ``git_dirty``, data checksums, command
+  line, UTC timestamp, host;
 * ``metrics.csv``      per-seed streams in long form: ``seed,task_index,metric,value``;
 * ``checkpoint.pt``    the latest checkpoint (engine, net, optimizer, method and task state);
-* ``summary.yaml``     written last: per-seed primary metric, mean and Student-t 95% CI.
+* ``final.yaml``       the end-of-run measurements that ``metrics.csv`` cannot give back
+  (final diagnostics, wall time);
+* ``summary.yaml``     written last: per-seed primary metric, mean and Student-t 95% CI. Its
+  existence marks the run finished, but its content is never trusted: :func:`load_summary`
+  recomputes it from ``metrics.csv`` and ``config.yaml`` (and ``final.yaml``) on every read;
+* ``.lock``            the run's lock (:func:`plastibench.identity.run_lock`).
 """
 
 from __future__ import annotations
@@ -17,9 +26,11 @@ import io
 import json
 import os
 import platform
+import socket
 import subprocess
 import sys
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -28,9 +39,9 @@ import torch
 import yaml
 
 from . import __version__
-from .errors import CheckpointUnreadable, RunFileError
-from .protocol import Protocol
 from .divergence import diverged_seeds, scored
+from .errors import CheckpointUnreadable, RunFileError
+from .protocol import OptimizerSpec, Protocol
 from .stats import mean_ci95
 
 
@@ -56,12 +67,29 @@ def run_dir(out: Path, config: Mapping[str, Any]) -> Path:
     return Path(out) / config["task"] / config["protocol"] / f"{config['method']}-{config_hash(config)}"
 
 
+def current_umask() -> int:
+    """The process's umask (read from /proc where it can be, without changing it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: Path, write) -> None:
+    """Write ``path`` through a temporary file and a rename: readers see the old or the new file,
+    never a torn one. The file gets the mode an ordinary ``open`` would (0o666 less the umask)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+            f.flush()
+            os.fchmod(f.fileno(), 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -105,10 +133,25 @@ def git_commit() -> str | None:
         return None
 
 
+def git_dirty() -> bool | None:
+    """Whether ``git status --porcelain`` shows local changes; None outside a git checkout."""
+    try:
+        here = Path(__file__).resolve().parent
+        out = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True,
+                             timeout=10)
+        return bool(out.stdout.strip()) if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def environment(device: torch.device, data: Mapping[str, Any]) -> dict[str, Any]:
     env = {
         "plastibench": __version__,
         "git_commit": git_commit(),
+        "git_dirty": git_dirty(),
+        "command": " ".join(sys.argv),
+        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "host": socket.gethostname(),
         "python": sys.version.split()[0],
         "torch": str(torch.__version__),
         "numpy": np.__version__,
@@ -186,3 +229,111 @@ def summarise(config: Mapping[str, Any], protocol: Protocol, records: Sequence[M
                               for k, v in final_diagnostics.items()},
         "wall_time_s": round(wall_time_s, 2),
     }
+
+
+# ----- reading a finished run: everything recomputed from metrics.csv -----
+
+END_OF_RUN = ("final_diagnostics", "wall_time_s")
+END_OF_RUN_NOTE = ("final_diagnostics and wall_time_s are measured at the end of the run and are not "
+                   "recomputable from metrics.csv; they are read from final.yaml")
+
+
+class ResultError(ValueError):
+    """A run directory whose results cannot be read back (missing or incomplete metrics.csv, ...)."""
+
+
+def protocol_from_spec(spec: Mapping[str, Any]) -> Protocol:
+    """A :class:`Protocol` from its ``to_dict()`` (``protocol_spec`` in config.yaml)."""
+    spec = dict(spec)
+    opt = dict(spec.pop("optimizer"))
+    opt["betas"] = tuple(opt.get("betas", (0.9, 0.999)))
+    return Protocol(**spec, optimizer=OptimizerSpec(**opt))
+
+
+def protocol_from_config(config: Mapping[str, Any]) -> Protocol:
+    """The protocol a run used, rebuilt from its ``config.yaml`` (checked against its hash)."""
+    protocol = protocol_from_spec(config["protocol_spec"])
+    if protocol.hash != config.get("protocol_hash"):
+        raise ResultError(f"config.yaml: protocol_hash {config.get('protocol_hash')} is not the hash "
+                          f"{protocol.hash} of its protocol_spec")
+    return protocol
+
+
+def _read_yaml_or_none(path: Path) -> Any:
+    try:
+        return read_yaml(path)
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return None
+
+
+def end_of_run(run_dir: Path) -> dict[str, Any]:
+    """``final_diagnostics`` and ``wall_time_s`` of a finished run: from ``final.yaml``; for runs
+    older than it, from ``summary.yaml`` when it holds them well-formed; else empty and None."""
+    for name in ("final.yaml", "summary.yaml"):
+        data = _read_yaml_or_none(Path(run_dir) / name)
+        if (isinstance(data, dict) and isinstance(data.get("final_diagnostics"), dict)
+                and isinstance(data.get("wall_time_s"), (int, float)) and not isinstance(data["wall_time_s"], bool)):
+            return {"final_diagnostics": data["final_diagnostics"], "wall_time_s": data["wall_time_s"],
+                    "source": name}
+    return {"final_diagnostics": {}, "wall_time_s": None, "source": None}
+
+
+def write_end_of_run(run_dir: Path, summary: Mapping[str, Any]) -> None:
+    write_yaml(Path(run_dir) / "final.yaml", {"note": "end-of-run measurements; not recomputable from "
+                                                      "metrics.csv", **{k: summary[k] for k in END_OF_RUN}})
+
+
+def load_summary(run_dir: Path, *, locked: bool = False, rewrite: bool = True) -> dict[str, Any]:
+    """The summary of a finished run, recomputed from ``metrics.csv`` and ``config.yaml``.
+
+    ``summary.yaml`` is never trusted: what it says is replaced by what the metrics give (a
+    malformed, empty or edited file is rewritten, when ``rewrite`` and the run's lock is free or
+    ``locked`` says the caller holds it). Raises :class:`ResultError` when the metrics do not hold
+    every task of every seed.
+    """
+    run_dir = Path(run_dir)
+    config = _read_yaml_or_none(run_dir / "config.yaml")
+    if not isinstance(config, dict):
+        raise ResultError(f"{run_dir}: no readable config.yaml")
+    try:
+        protocol = protocol_from_config(config)
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, ResultError):
+            raise ResultError(f"{run_dir}/{exc}") from None
+        raise ResultError(f"{run_dir}/config.yaml: no usable protocol_spec ({exc})") from None
+    seeds = config.get("seeds")
+    try:
+        metrics = read_metrics(run_dir / "metrics.csv")
+    except (OSError, KeyError, ValueError, AssertionError) as exc:
+        raise ResultError(f"{run_dir}/metrics.csv: unreadable ({exc})") from None
+    series = metrics.get(protocol.metric, {})
+    short = [s for s in seeds if len(series.get(s, ())) != protocol.n_tasks]
+    if short or not seeds:
+        raise ResultError(f"{run_dir}/metrics.csv does not hold {protocol.metric} for all "
+                          f"{protocol.n_tasks} tasks of seeds {short or seeds}: the run is unfinished or damaged")
+    rows = [protocol.metric, *(name for name in ("diverged_at_step",) if name in metrics)]  # divergence
+    records = [{name: np.array([metrics[name][s][t] for s in seeds]) for name in rows}
+               for t in range(protocol.n_tasks)]
+    end = end_of_run(run_dir)
+    summary = summarise(config, protocol, records, {}, 0.0)
+    summary["final_diagnostics"] = end["final_diagnostics"]
+    summary["wall_time_s"] = end["wall_time_s"]
+    summary["recomputed_from"] = "metrics.csv"
+    summary["end_of_run"] = END_OF_RUN_NOTE if end["source"] == "final.yaml" else \
+        (f"final_diagnostics and wall_time_s are not recomputable from metrics.csv; "
+         f"{'kept from summary.yaml' if end['source'] else 'not recorded'} (no final.yaml)")
+    if rewrite and _read_yaml_or_none(run_dir / "summary.yaml") != summary:
+        fd = None if locked else _try_lock(run_dir)
+        if locked or fd is not None:
+            try:
+                if (run_dir / "summary.yaml").exists():  # not cleared meanwhile (run --force)
+                    write_yaml(run_dir / "summary.yaml", summary)
+            finally:
+                if fd is not None:
+                    os.close(fd)
+    return summary
+
+
+def _try_lock(run_dir: Path) -> int | None:
+    from .identity import try_lock
+    return try_lock(run_dir)

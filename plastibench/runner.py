@@ -12,9 +12,12 @@ from .compose import accepts
 from .capture import resolve
 from .engine import Engine, Progress
 from .errors import StartupInterrupted, UsageError
+from .identity import code_digest, run_lock
 from .memory import check_fits
 from .registry import METHODS, TASKS
-from .results import environment, read_yaml, run_config, run_dir, write_yaml
+from .results import (ResultError, environment, load_summary, run_config, run_dir, write_end_of_run,
+                      write_yaml)
+from .task import Task
 
 
 MAX_SEEDS = 1_000_000  # past this even the list of seeds is a burden; memory.check_fits refuses far fewer
@@ -96,16 +99,36 @@ def resolve_capture(mode: str, device: torch.device) -> str:
 
 @dataclass
 class Plan:
-    """One configuration to run: its config, directory and whether it is already finished."""
+    """One configuration to run: its config, directory and whether it is already finished.
+
+    The directory is named by the hash of the whole configuration, which includes the code digest
+    and the data record (checksums, verified flag). A task with data has its record only once the
+    data is loaded, so :func:`execute` completes such a plan (``directory`` is None until then).
+    ``cached`` tells, after :func:`execute`, whether the result was only read.
+    """
 
     method: str
     hparams: dict[str, Any]
     config: dict[str, Any]
-    directory: Path
+    directory: Path | None = None
+    out: Path | None = None
+    cached: bool | None = None
 
     @property
     def done(self) -> bool:
-        return (self.directory / "summary.yaml").exists()
+        return self.directory is not None and (self.directory / "summary.yaml").exists()
+
+    def resolve(self, data: Mapping[str, Any]) -> None:
+        """Complete the identity with the data record and name the directory after it."""
+        self.config["data"] = dict(data)
+        if self.out is None:
+            raise ValueError("a plan without --out cannot name its directory")
+        self.directory = run_dir(self.out, self.config)
+
+
+def has_data(task_cls: type[Task]) -> bool:
+    """Whether the task reads data (its data record is known only once the data is loaded)."""
+    return getattr(task_cls, "data_record", None) is not Task.data_record
 
 
 def plan(method: str, task: str, protocol: str, seeds: str | None, overrides: Mapping[str, str],
@@ -117,7 +140,18 @@ def plan(method: str, task: str, protocol: str, seeds: str | None, overrides: Ma
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     config = run_config(method, hparams, proto, parse_seeds(seeds, proto.default_seeds))
-    return Plan(method, hparams, config, run_dir(out, config))
+    config["code_digest"] = code_digest(method_cls, task_cls)
+    p = Plan(method, hparams, config, None, Path(out))
+    if not has_data(task_cls):
+        p.resolve({})
+    return p
+
+
+def clear_results(directory: Path) -> None:
+    """Remove a run's results so that it is computed afresh (``run --force``); the caller holds the
+    run's lock. summary.yaml goes first, so that the run is never finished with other files gone."""
+    for name in ("summary.yaml", "final.yaml", "checkpoint.pt", "metrics.csv"):
+        (directory / name).unlink(missing_ok=True)
 
 
 RESTART_FILES = ("checkpoint.pt", "metrics.csv", "summary.yaml")
@@ -130,32 +164,56 @@ def discard(p: Plan) -> None:
 
 
 def execute(p: Plan, *, device: torch.device, data_dir=None, verify: bool = True, checkpoint_every: float = 120.0,
-            on_progress: Callable[[Progress], None] = lambda _: None, capture: str = "off",
-            restart: bool = False) -> dict[str, Any]:
+            on_progress: Callable[[Progress], None] = lambda _: None, capture: str = "off", restart: bool = False,
+            force: bool = False, on_wait: Callable[[Path], None] | None = None) -> dict[str, Any]:
     """Run (or resume) one plan and return its summary; a finished plan is read, not recomputed.
 
-    ``restart`` discards what the directory holds first. A run that cannot fit in the device's
-    free memory is refused (UsageError) before anything is built; Ctrl-C before the training loop
-    raises :class:`StartupInterrupted` (nothing saved).
+    A run that cannot fit in the device's free memory is refused (UsageError) before anything is
+    built; Ctrl-C before the training loop raises :class:`StartupInterrupted` (nothing saved). The
+    run directory is locked while it is checked and computed: a second process asking for the same
+    configuration waits (``on_wait(directory)`` is called first), then reads the first one's result.
+    ``restart`` discards the directory's checkpoint, metrics and summary first; ``force`` recomputes a
+    finished run in place. ``p.cached`` tells whether the result was only read.
     """
-    if restart:
-        discard(p)
-    if p.done:
-        return read_yaml(p.directory / "summary.yaml")
+    task_cls, method_cls = TASKS.get(p.config["task"]), METHODS.get(p.method)
+    proto = task_cls.protocol(p.config["protocol"])
+    task = None
     try:
-        task_cls, method_cls = TASKS.get(p.config["task"]), METHODS.get(p.method)
-        protocol = task_cls.protocol(p.config["protocol"])
-        check_fits(p.method, method_cls, p.hparams, task_cls, protocol, len(p.config["seeds"]), device,
+        check_fits(p.method, method_cls, p.hparams, task_cls, proto, len(p.config["seeds"]), device,
                    data_dir=data_dir)
-        engine = Engine(method_cls, p.hparams, task_cls, protocol,
-                        p.config["seeds"], device=device, directory=p.directory, config=p.config,
-                        data_dir=data_dir, verify=verify, checkpoint_every=checkpoint_every, capture=capture)
-        if not engine.resume():
-            write_yaml(p.directory / "config.yaml", p.config)
-        env = environment(device, engine.task.data_record())
-        env["capture"] = {"asked": capture, "used": engine.stepper.mode,
-                          "method_capturable": bool(getattr(engine.method, "capturable", True))}
-        write_yaml(p.directory / "environment.yaml", env)
+        if "data" not in p.config:  # load the data once: its record names the directory, the engine uses it
+            seeds = torch.tensor(p.config["seeds"], dtype=torch.int64, device=device)
+            task = task_cls(proto, seeds, data_dir=data_dir, verify=verify)
+            p.resolve(task.data_record())
     except KeyboardInterrupt:
         raise StartupInterrupted() from None
-    return engine.run(on_progress)
+    with run_lock(p.directory, None if on_wait is None else lambda: on_wait(p.directory)):
+        if restart:
+            discard(p)
+        if p.done and not force:
+            try:
+                summary = load_summary(p.directory, locked=True)
+                p.cached = True
+                return summary
+            except ResultError:  # summary.yaml without full metrics: finish (resume) the run instead
+                (p.directory / "summary.yaml").unlink()
+        if force:
+            clear_results(p.directory)
+        try:
+            build_task = task_cls if task is None else (lambda *args, **kwargs: task)
+            engine = Engine(method_cls, p.hparams, build_task, proto, p.config["seeds"], device=device,
+                            directory=p.directory, config=p.config, data_dir=data_dir, verify=verify,
+                            checkpoint_every=checkpoint_every, capture=capture)
+            if engine.task.data_record() != p.config["data"]:
+                raise UsageError(f"the data changed since this run was planned ({p.directory}); run it again")
+            if not engine.resume():
+                write_yaml(p.directory / "config.yaml", p.config)
+            env = environment(device, engine.task.data_record())
+            env["capture"] = {"asked": capture, "used": engine.stepper.mode,
+                              "method_capturable": bool(getattr(engine.method, "capturable", True))}
+            write_yaml(p.directory / "environment.yaml", env)
+        except KeyboardInterrupt:
+            raise StartupInterrupted() from None
+        write_end_of_run(p.directory, engine.run(on_progress))
+        p.cached = False
+        return load_summary(p.directory, locked=True)

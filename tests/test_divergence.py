@@ -82,7 +82,7 @@ def test_run_compare_and_summary_say_how_many_diverged(tmp_path):
     runner = CliRunner()
     out = tmp_path / "runs"
     result = runner.invoke(app, ["run", "-m", "l2", "-t", "scr", "-p", "smoke", "--seeds", "0-2", "--set",
-                                 "lr=3", "--out", str(out)])
+                                 "lr=3", "--out", str(out)], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "3 diverged" in result.output
     (run_dir,) = (out / "scr" / "smoke").iterdir()

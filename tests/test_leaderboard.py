@@ -18,7 +18,7 @@ from plastibench import compare
 from plastibench.cli_leaderboard import compare_command, leaderboard_app
 from plastibench.leaderboard import END, START
 from plastibench.registry import METHODS, TASKS
-from plastibench.results import read_yaml, write_yaml
+from plastibench.results import protocol_from_spec, read_yaml, write_yaml
 from plastibench.runner import execute, plan
 from plastibench.stats import holm, mean_ci95
 
@@ -135,12 +135,20 @@ def test_submit_refuses_an_unfinished_run(runs, tmp_path):
     assert not (tmp_path / "lb").exists()
 
 
+def with_protocol(run: Path, **changes) -> str:
+    """Make ``run`` a run of another protocol in its config.yaml (the summary's source); its hash."""
+    config = read_yaml(run / "config.yaml")
+    config["protocol_spec"].update(changes)
+    config["protocol_hash"] = protocol_from_spec(config["protocol_spec"]).hash
+    write_yaml(run / "config.yaml", config)
+    return config["protocol_hash"]
+
+
 def test_submit_refuses_a_foreign_protocol_hash(runs, tmp_path):
     run = Path(shutil.copytree(runs["bp"], tmp_path / "bp-old"))
-    summary = read_yaml(run / "summary.yaml")
-    write_yaml(run / "summary.yaml", {**summary, "protocol_hash": "0123456789abcdef"})
+    old = with_protocol(run, version=0)  # summaries are recomputed from config.yaml + metrics.csv
     out = assert_exit(invoke("leaderboard", "submit", run, "--root", tmp_path / "lb"), 2)
-    assert "0123456789abcdef" in out and "registry" in out and len(out.strip().splitlines()) == 1
+    assert old in out and "registry" in out and len(out.strip().splitlines()) == 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -384,10 +392,9 @@ def test_compare_without_cbp_uses_the_first_directory(runs):
 
 def test_compare_refuses_mixed_protocols_and_unfinished_runs(runs, tmp_path):
     other = Path(shutil.copytree(runs["bp"], tmp_path / "bp-other"))
-    summary = read_yaml(other / "summary.yaml")
-    write_yaml(other / "summary.yaml", {**summary, "protocol": "short", "protocol_hash": "aaaa"})
+    short = with_protocol(other, name="short")
     out = assert_exit(invoke("compare", runs["cbp"], other), 2)
-    assert "cannot be compared" in out and "scr/short (aaaa)" in out
+    assert "cannot be compared" in out and f"scr/short ({short})" in out
     (other / "summary.yaml").unlink()
     assert "unfinished" in assert_exit(invoke("compare", runs["cbp"], other), 2)
 
