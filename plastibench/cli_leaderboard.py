@@ -1,4 +1,4 @@
-"""``plastibench leaderboard submit|check|render`` and ``plastibench compare``.
+"""``plastibench leaderboard submit|check|render|verify`` and ``plastibench compare``.
 
 ``cli.py`` mounts them: ``app.add_typer(leaderboard_app, name="leaderboard")`` and
 ``app.command("compare")(compare_command)``.
@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -17,8 +18,8 @@ from rich.text import Text
 from . import compare, leaderboard
 from .cli_common import fail
 from .errors import RunFileError
-from .leaderboard import DEFAULT_TUNING, LeaderboardError
-from .results import ResultError, load_summary
+from .leaderboard import DEFAULT_TUNING, IntegrityError, LeaderboardError
+from .results import ResultError, load_summary, read_yaml
 from .runfiles import read_run
 from .stats import iqm, iqm_ci95
 
@@ -36,14 +37,23 @@ def submit(
     root: RootOption = Path("leaderboard"),
     tuning: Annotated[str, typer.Option(help="How the hyperparameters were chosen.")] = DEFAULT_TUNING,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing entry.")] = False,
+    allow_unverified: Annotated[bool, typer.Option(
+        "--allow-unverified", help="Accept a run on data whose checksums were not verified (--no-verify); "
+                                   "the entry is marked † and not ranked.")] = False,
 ):
-    """Write ROOT/entries/TASK/PROTOCOL/METHOD.yaml from a finished run: provenance and raw per-seed values."""
+    """Write ROOT/entries/TASK/PROTOCOL/METHOD.yaml from a finished run: provenance and raw per-seed values.
+
+    Every number is recomputed from the run's metrics.csv and config.yaml; a summary.yaml that
+    disagrees with them is refused (exit 1), as is a run on unverified data without --allow-unverified.
+    """
     try:
         if (Path(run_dir) / "summary.yaml").is_file():
             read_run(run_dir)  # damaged or hand-edited run files: one line naming the file and field
-        path = leaderboard.submit(run_dir, root, tuning, force)
+        path = leaderboard.submit(run_dir, root, tuning, force, allow_unverified)
     except RunFileError as exc:
         raise fail(str(exc), 1)
+    except IntegrityError as exc:
+        raise fail(str(exc), code=1)
     except LeaderboardError as exc:
         raise fail(str(exc))
     except OSError as exc:
@@ -57,10 +67,10 @@ def submit(
 def check(
     root: RootOption = Path("leaderboard"),
     against: Annotated[Optional[str], typer.Option("--against", metavar="GIT_REF",
-                                                   help="Also fail when raw values of entries at GIT_REF "
-                                                        "changed.")] = None,
+                                                   help="Also fail when an entry of GIT_REF was removed or "
+                                                        "its hashed content changed.")] = None,
 ):
-    """Validate every entry against its raw values and the registries, and README.md against a fresh render."""
+    """Validate every entry (content hash, raw values, registries) and README.md against a fresh render."""
     try:
         n, problems = leaderboard.check(root, against)
     except LeaderboardError as exc:
@@ -92,6 +102,40 @@ def _unreadable(root: Path, exc: Exception) -> str:
     if isinstance(exc, UnicodeDecodeError):
         return f"a file under {root} is not UTF-8 text ({exc.reason}); restore it from git or remove it"
     return f"cannot read or write {getattr(exc, 'filename', None) or root}: {exc.strerror or exc}"
+
+
+@leaderboard_app.command()
+def verify(
+    entry: Annotated[Optional[str], typer.Argument(metavar="[ENTRY]", help="An entry file or TASK/PROTOCOL/METHOD; "
+                                                                            "default: every entry.")] = None,
+    root: RootOption = Path("leaderboard"),
+    seeds: Annotated[int, typer.Option("--seeds", min=1, help="How many of each entry's seeds to re-run "
+                                                               "(drawn at random).")] = 2,
+    tasks: Annotated[int, typer.Option("--tasks", min=1, help="How many first tasks to re-run (at most the "
+                                                               "entry's replay.tasks).")] = 1,
+    data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="Dataset folder (data tasks).")] = None,
+    sample_seed: Annotated[Optional[int], typer.Option("--sample-seed", help="Seed of the draw of seeds "
+                                                                              "(default: a fresh one).")] = None,
+):
+    """Re-run the first tasks of some of each entry's seeds here (CPU) and compare them with its replay values.
+
+    Exit 1 with one line per entry whose re-run differs (rtol 1e-4) or that fails its checks.
+    """
+    try:
+        entries, problems = leaderboard.select_entries(root, entry)
+    except LeaderboardError as exc:
+        raise fail(str(exc))
+    rng = random.Random(sample_seed)
+    failed = len(problems)
+    for problem in problems:
+        typer.echo(problem)
+    for e in entries:
+        line, ok = leaderboard.verify_entry(e, seeds, tasks, rng, data_dir)
+        typer.echo(line)
+        failed += not ok
+    if failed:
+        raise typer.Exit(1)
+    typer.echo(f"{len(entries)} entries reproduced")
 
 
 def _summary(run_dir: Path) -> dict[str, Any]:

@@ -4,24 +4,41 @@
 paper, code commit, hyperparameters and how they were tuned, protocol hash, data checksums,
 environment) and its raw per-seed values. The raw values are the authority: the entry's
 ``summary`` is checked against them, and ``<root>/README.md`` is rendered from them alone.
+
+Integrity: ``submit`` recomputes every number from the run's ``metrics.csv`` and ``config.yaml``
+(a ``summary.yaml`` that disagrees is refused); ``content_hash`` covers the method, its
+hyperparameters, the protocol, the data checksums, the raw values and the replay values, and
+``check`` recomputes it (``--against REF``: merged entries are immutable); ``replay`` keeps the
+per-seed metric of the first tasks, which ``verify`` re-runs on this machine.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import math
+import random
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from . import compare
 from .registry import METHODS, TASKS, UnknownName
-from .results import ResultError, load_summary, read_yaml, write_yaml
+from .results import read_metrics, read_yaml, write_yaml
 from .stats import mean_ci95
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+REPLAY_TASKS = 3  # per-seed metric of the first tasks kept in each entry, for `leaderboard verify`
+REPLAY_RTOL, REPLAY_ATOL = 1e-4, 1e-7
+UNVERIFIED = "†"
+HASHED = ("method", "hyperparameters", "protocol", "data", "seeds", "results.per_seed",
+          "results.final_diagnostics", "replay")
 DEFAULT_TUNING = "defaults from the method's paper/reference configs, not tuned"
 BASELINE = "cbp"
 START = "<!-- plastibench:leaderboard:start -->"
@@ -32,7 +49,8 @@ Methods for keeping plasticity in continual learning, measured against continual
 on frozen, hashed protocols. Each entry in `entries/<task>/<protocol>/<method>.yaml` holds the raw
 per-seed values of one run; every number below is recomputed from them. Add an entry with
 `plastibench leaderboard submit RUN_DIR`, then `plastibench leaderboard render` and
-`plastibench leaderboard check`.
+`plastibench leaderboard check`; `plastibench leaderboard verify` re-runs the first tasks of an
+entry's seeds and compares them with the values stored in it.
 
 """
 ENV_KEYS = ("plastibench", "python", "torch", "numpy", "device", "gpu", "cuda", "platform", "processor",
@@ -49,11 +67,17 @@ FIELDS: dict[str, tuple[type, ...]] = {
     "environment.cpu_count": (int, _NONE), "wall_time_s": _NUMBER, "seeds": (list,), "results": (dict,),
     "results.per_seed": (dict,), "results.final_diagnostics": (dict,), "summary": (dict,),
     "summary.n_seeds": (int,), "summary.mean": _NUMBER, "summary.ci95": (list, _NONE), "verified": (bool,),
+    "replay": (dict,), "replay.tasks": (int,), "replay.metric": (str,), "replay.per_seed_task_metrics": (dict,),
+    "content_hash": (dict,), "content_hash.sha256": (str,), "content_hash.parts": (dict,),
 }
 
 
 class LeaderboardError(ValueError):
     """A refused submission or an unusable leaderboard root: the CLI prints it and exits 2."""
+
+
+class IntegrityError(LeaderboardError):
+    """A run whose numbers disagree with its raw files, or made on unverified data: the CLI exits 1."""
 
 
 @dataclass(frozen=True)
@@ -82,19 +106,88 @@ def _registry_protocol(task: str, protocol: str):
 
 # ----- submit -----
 
-def entry_from_run(run_dir: Path, tuning: str = DEFAULT_TUNING) -> dict[str, Any]:
-    """The entry of a finished run directory; refuses unfinished runs and foreign protocol hashes."""
+def data_verified(data: Any) -> bool:
+    """False when any data record (at any depth) says ``verified: false``; synthetic tasks have none."""
+    if isinstance(data, dict):
+        return data.get("verified", True) is not False and all(data_verified(v) for v in data.values())
+    if isinstance(data, list):
+        return all(data_verified(v) for v in data)
+    return True
+
+
+def _first_difference(name: str, have: Any, want: Any) -> str | None:
+    """Where ``have`` (summary.yaml) departs from ``want`` (recomputed), or None."""
+    if isinstance(want, dict) and isinstance(have, dict):
+        if set(have) != set(want):
+            return f"{name} has keys {sorted(have, key=str)}, the raw files give {sorted(want, key=str)}"
+        for k in want:
+            found = _first_difference(f"{name}[{k}]", have[k], want[k])
+            if found:
+                return found
+        return None
+    if isinstance(want, list) and isinstance(have, list) and len(have) == len(want):
+        return next(filter(None, (_first_difference(f"{name}[{i}]", h, w)
+                                  for i, (h, w) in enumerate(zip(have, want)))), None)
+    if isinstance(want, float) and _is(have, _NUMBER):
+        return None if _close(have, want) else f"{name} is {have!r}, the raw files give {want!r}"
+    return None if have == want else f"{name} is {have!r}, the raw files give {want!r}"
+
+
+def recomputed(run_dir: Path) -> dict[str, Any]:
+    """Every number of a finished run recomputed from its ``config.yaml`` and ``metrics.csv``.
+
+    Refuses (:class:`IntegrityError`) a run whose ``summary.yaml`` disagrees with them: per-seed
+    scores, mean, CI, seeds, method, hyperparameters or protocol. Returns the summary's fields with
+    the recomputed values, and ``series``: the protocol metric per seed and task.
+    """
+    summary, config = read_yaml(run_dir / "summary.yaml"), read_yaml(run_dir / "config.yaml")
+    if not (run_dir / "metrics.csv").exists():
+        raise IntegrityError(f"{run_dir}: no metrics.csv; the leaderboard recomputes every number from it")
+    try:
+        proto = _registry_protocol(config["task"], config["protocol"])
+    except UnknownName as exc:
+        raise LeaderboardError(f"{run_dir}: {exc.args[0]}") from None
+    seeds = list(config["seeds"])
+    series = read_metrics(run_dir / "metrics.csv").get(proto.metric, {})
+    for seed in seeds:
+        if len(series.get(seed, ())) != proto.n_tasks:
+            raise IntegrityError(f"{run_dir}: metrics.csv has {len(series.get(seed, ()))} of {proto.n_tasks} "
+                                 f"values of {proto.metric} for seed {seed}")
+    if set(series) != set(seeds):
+        raise IntegrityError(f"{run_dir}: metrics.csv has seeds {sorted(series)}, config.yaml {seeds}")
+    # as results.summarise computes it: the window stacked task by task, averaged over tasks
+    window = np.array([[series[s][t] for s in seeds] for t in range(proto.n_tasks)])[-proto.summary_tasks:]
+    per_seed = {int(s): float(v) for s, v in zip(seeds, window.mean(0))}
+    mean, low, high = mean_ci95(list(per_seed.values()))
+    want = {"method": config["method"], "task": config["task"], "protocol": config["protocol"],
+            "protocol_hash": config["protocol_hash"], "hparams": config["hparams"], "n_seeds": len(seeds),
+            "per_seed": per_seed, "mean": mean, "ci95": None if low is None else [low, high]}
+    diagnostics = summary.get("final_diagnostics", {})
+    for name in ("method", "task", "protocol", "protocol_hash", "hparams", "n_seeds", "per_seed", "mean", "ci95"):
+        found = (f"summary.yaml has no {name}" if name not in summary
+                 else _first_difference(name, summary[name], want[name]))
+        if found is None and name == "per_seed":
+            bad = [k for k, v in diagnostics.items() if set(v.get("per_seed", {})) != set(seeds)]
+            found = f"final_diagnostics.{bad[0]} does not cover the seeds {seeds}" if bad else None
+        if found:
+            raise IntegrityError(f"{run_dir}: summary.yaml disagrees with metrics.csv/config.yaml: {found}")
+    return {**summary, **want, "seeds": seeds, "series": {s: series[s] for s in seeds}}
+
+
+def entry_from_run(run_dir: Path, tuning: str = DEFAULT_TUNING, allow_unverified: bool = False,
+                   replay_tasks: int = REPLAY_TASKS) -> dict[str, Any]:
+    """The entry of a finished run directory, every number recomputed from its raw files.
+
+    Refuses unfinished runs, foreign protocol hashes, summaries that disagree with the raw files
+    and, without ``allow_unverified``, runs on data whose checksums were not verified.
+    """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise LeaderboardError(f"{run_dir}: not a run directory")
     if not (run_dir / "summary.yaml").exists():
         raise LeaderboardError(f"{run_dir}: no summary.yaml; the run is unfinished (re-run its command to finish it)")
-    try:
-        summary = load_summary(run_dir)  # recomputed from metrics.csv, never summary.yaml's word
-    except ResultError as exc:
-        raise LeaderboardError(str(exc)) from None
+    summary = read_yaml(run_dir / "summary.yaml")
     env = read_yaml(run_dir / "environment.yaml")
-    seeds = read_yaml(run_dir / "config.yaml")["seeds"]
     method, task, name = summary["method"], summary["task"], summary["protocol"]
     try:
         proto = _registry_protocol(task, name)
@@ -110,21 +203,31 @@ def entry_from_run(run_dir: Path, tuning: str = DEFAULT_TUNING) -> dict[str, Any
     if "TODO" in METHODS.get(method).paper:
         raise LeaderboardError(f"{run_dir}: method {method!r} still has a TODO in its `paper`; cite its paper "
                                "in methods/" + method + ".py first")
-    return {
+    run = recomputed(run_dir)
+    data = env.get("data", {})
+    verified = data_verified(data)
+    if not verified and not allow_unverified:
+        raise IntegrityError(f"{run_dir}: the run used unverified data (environment.yaml data record says "
+                             "verified: false); pass --allow-unverified to submit it marked and unranked")
+    n_replay = min(replay_tasks, proto.n_tasks)
+    entry = {
         "schema_version": SCHEMA_VERSION,
         "method": {"name": method, "paper": METHODS.get(method).paper, "code_commit": env.get("git_commit"),
-                   "hyperparameters": summary["hparams"], "tuning": tuning},
+                   "hyperparameters": run["hparams"], "tuning": tuning},
         "protocol": {"task": task, "name": name, "hash": proto.hash, "metric": proto.metric,
                      "higher_is_better": proto.higher_is_better, "aggregate": summary["aggregate"]},
-        "data": env.get("data", {}),
+        "data": data,
         "environment": {k: env[k] for k in ENV_KEYS if k in env},
         "wall_time_s": summary["wall_time_s"],
-        "seeds": list(seeds),
-        "results": {"per_seed": summary["per_seed"],
+        "seeds": run["seeds"],
+        "results": {"per_seed": run["per_seed"],
                     "final_diagnostics": {k: v["per_seed"] for k, v in summary["final_diagnostics"].items()}},
-        "summary": _summary(summary["per_seed"]),
-        "verified": False,
+        "summary": _summary(run["per_seed"]),
+        "verified": verified,
+        "replay": {"tasks": n_replay, "metric": proto.metric,
+                   "per_seed_task_metrics": {s: v[:n_replay] for s, v in run["series"].items()}},
     }
+    return with_content_hash(entry)
 
 
 def _summary(per_seed: dict[int, float]) -> dict[str, Any]:
@@ -132,14 +235,79 @@ def _summary(per_seed: dict[int, float]) -> dict[str, Any]:
     return {"n_seeds": len(per_seed), "mean": mean, "ci95": None if low is None else [low, high]}
 
 
-def submit(run_dir: Path, root: Path, tuning: str = DEFAULT_TUNING, force: bool = False) -> Path:
+def submit(run_dir: Path, root: Path, tuning: str = DEFAULT_TUNING, force: bool = False,
+           allow_unverified: bool = False) -> Path:
     """Write the entry of ``run_dir`` under ``root``; an existing entry is replaced only with ``force``."""
-    entry = entry_from_run(run_dir, tuning)
+    entry = entry_from_run(run_dir, tuning, allow_unverified)
     path = entry_path(root, entry["protocol"]["task"], entry["protocol"]["name"], entry["method"]["name"])
     if path.exists() and not force:
         raise LeaderboardError(f"{path} exists; pass --force to replace it")
     write_yaml(path, entry)
     return path
+
+
+# ----- content hash -----
+
+def _canonical(value: Any) -> Any:
+    """JSON-ready with string keys (YAML gives int seed keys); floats stay exact (repr round-trips)."""
+    if isinstance(value, dict):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    return value
+
+
+def _digest(value: Any) -> str:
+    text = json.dumps(_canonical(value), sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def hashed_content(data: dict[str, Any]) -> dict[str, Any]:
+    """What the content hash covers, by part (``HASHED``); a part absent from ``data`` is None."""
+    def get(dotted):
+        try:
+            return _get(data, dotted)
+        except KeyError:
+            return None
+    protocol = data.get("protocol") if isinstance(data.get("protocol"), dict) else {}
+    return {"method": get("method.name"), "hyperparameters": get("method.hyperparameters"),
+            "protocol": {k: protocol.get(k) for k in ("task", "name", "hash")}, "data": get("data"),
+            "seeds": get("seeds"), "results.per_seed": get("results.per_seed"),
+            "results.final_diagnostics": get("results.final_diagnostics"), "replay": get("replay")}
+
+
+def content_hash(data: dict[str, Any]) -> dict[str, Any]:
+    """``{sha256: <over every part>, parts: {part: <first 16 hex digits of its own sha256>}}``."""
+    content = hashed_content(data)
+    return {"sha256": _digest(content), "parts": {k: _digest(v)[:16] for k, v in content.items()}}
+
+
+def with_content_hash(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with its ``content_hash`` (the last field)."""
+    out = {k: v for k, v in data.items() if k != "content_hash"}
+    out["content_hash"] = content_hash(out)
+    return out
+
+
+def hash_problems(data: dict[str, Any]) -> list[str]:
+    """One line when the stored content hash is not the content's, naming the parts that differ."""
+    stored, want = data["content_hash"], content_hash(data)
+    if stored == want:
+        return []
+    parts = stored.get("parts") if isinstance(stored.get("parts"), dict) else {}
+    changed = [k for k in HASHED if parts.get(k) != want["parts"][k]]
+    what = (f"{', '.join(changed)} differ from the content hashed at submission" if changed
+            else "content_hash.sha256 was edited")
+    return [f"content hash mismatch: {what} (stored {str(stored.get('sha256'))[:16]}, content gives "
+            f"{want['sha256'][:16]}); entries are not edited by hand: submit a new run"]
+
+
+def verified_problems(data: dict[str, Any]) -> list[str]:
+    want = data_verified(data["data"])
+    if data["verified"] != want:
+        return [f"verified is {data['verified']} but the data record says {'verified' if want else 'unverified'} "
+                "data; `verified` states the data record and is not set by hand"]
+    return []
 
 
 # ----- check -----
@@ -188,7 +356,20 @@ def schema_problems(data: Any) -> list[str]:
     problems = _per_seed_problems("results.per_seed", data["results"]["per_seed"], seeds)
     for name, values in data["results"]["final_diagnostics"].items():
         problems += _per_seed_problems(f"results.final_diagnostics.{name}", values, seeds)
-    return problems
+    return problems + _replay_problems(data["replay"], seeds)
+
+
+def _replay_problems(replay: dict[str, Any], seeds: list) -> list[str]:
+    tasks, values = replay["tasks"], replay["per_seed_task_metrics"]
+    if tasks < 1:
+        return ["replay.tasks must be at least 1"]
+    if set(values) != set(seeds):
+        return [f"replay.per_seed_task_metrics must map exactly the seeds {seeds} to lists of {tasks} numbers"]
+    for seed, series in values.items():
+        if not isinstance(series, list) or len(series) != tasks or not all(
+                _is(v, _NUMBER) and math.isfinite(v) for v in series):
+            return [f"replay.per_seed_task_metrics[{seed}] must be a list of {tasks} finite numbers"]
+    return []
 
 
 def _close(a: float, b: float) -> bool:
@@ -224,6 +405,8 @@ def registry_problems(root: Path, entry: Entry) -> list[str]:
         for field, value in (("metric", proto.metric), ("higher_is_better", proto.higher_is_better)):
             if data["protocol"][field] != value:
                 problems.append(f"protocol.{field} {data['protocol'][field]!r} is not the protocol's {value!r}")
+        if data["replay"]["metric"] != proto.metric or data["replay"]["tasks"] > proto.n_tasks:
+            problems.append(f"replay must hold the protocol's {proto.metric} of at most {proto.n_tasks} tasks")
     except UnknownName as exc:
         problems.append(str(exc.args[0]))
     try:
@@ -262,7 +445,8 @@ def valid_entries(root: Path) -> tuple[list[Entry], list[str]]:
     loaded, problems = load_entries(root)
     valid = []
     for entry in loaded:
-        found = summary_problems(entry.data) + registry_problems(root, entry)
+        found = (hash_problems(entry.data) + verified_problems(entry.data) + summary_problems(entry.data)
+                 + registry_problems(root, entry))
         problems += [f"{entry.path}: {p}" for p in found]
         if not found:
             valid.append(entry)
@@ -273,8 +457,25 @@ def _git(root: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
 
 
-def raw_value_changes(root: Path, ref: str) -> list[str]:
-    """Entries of ``ref`` whose seeds or raw values differ now (or that were removed)."""
+def _describe_change(part: str, old: Any, new: Any) -> str:
+    """``part`` and, for hyperparameters and seeds, what changed in it."""
+    if part == "seeds" and isinstance(old, list) and isinstance(new, list):
+        added, removed = [s for s in new if s not in old], [s for s in old if s not in new]
+        bits = ([f"added {added}"] if added else []) + ([f"removed {removed}"] if removed else [])
+        return f"seeds {' and '.join(bits) or 'reordered'}"
+    if part == "hyperparameters" and isinstance(old, dict) and isinstance(new, dict):
+        keys = [k for k in {**old, **new} if old.get(k, "<unset>") != new.get(k, "<unset>")]
+        return "hyperparameters " + ", ".join(f"{k} {old.get(k, '<unset>')!r} -> {new.get(k, '<unset>')!r}"
+                                              for k in keys)
+    return part
+
+
+def changes_since(root: Path, ref: str) -> list[str]:
+    """Entries of ``ref`` that were removed or whose hashed content changed (merged entries are immutable).
+
+    Compared part by part (:data:`HASHED`); a part the entry at ``ref`` lacks (an entry older than
+    the replay values) may be added, nothing else may change.
+    """
     root = Path(root)
     if _git(root, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}").returncode != 0:
         raise LeaderboardError(f"--against {ref}: not a commit of the git repository holding {root}")
@@ -282,24 +483,22 @@ def raw_value_changes(root: Path, ref: str) -> list[str]:
     problems = []
     for rel in sorted(p for p in listed if p.endswith(".yaml")):
         path = root / rel
-        try:
-            old = yaml.safe_load(_git(root, "show", f"{ref}:./{rel}").stdout)
-            old_raw = (old["seeds"], old["results"]["per_seed"], old["results"]["final_diagnostics"])
-        except (yaml.YAMLError, KeyError, TypeError):
-            continue  # nothing readable to protect
         if not path.exists():
-            problems.append(f"{path}: entry removed since {ref}")
+            problems.append(f"{path}: entry removed since {ref}; merged entries are immutable")
             continue
         try:
-            new = yaml.safe_load(path.read_text())
-            new_raw = (new["seeds"], new["results"]["per_seed"], new["results"]["final_diagnostics"])
-        except (yaml.YAMLError, KeyError, TypeError):
+            old = hashed_content(yaml.safe_load(_git(root, "show", f"{ref}:./{rel}").stdout))
+        except (yaml.YAMLError, AttributeError):
+            continue  # nothing readable to protect
+        try:
+            new = hashed_content(yaml.safe_load(path.read_text()))
+        except (yaml.YAMLError, AttributeError):
             continue  # already reported by the schema check
-        changed = [name for name, a, b in zip(("seeds", "results.per_seed", "results.final_diagnostics"),
-                                              old_raw, new_raw) if a != b]
+        changed = [_describe_change(k, old[k], new[k]) for k in HASHED
+                   if old[k] is not None and _digest(old[k]) != _digest(new[k])]
         if changed:
-            problems.append(f"{path}: raw values changed since {ref} ({', '.join(changed)}); accepted numbers "
-                            "are immutable, submit a new run under a new protocol instead")
+            problems.append(f"{path}: changed since {ref} ({'; '.join(changed)}); merged entries are immutable, "
+                            "submit a new run under a new protocol instead")
     return problems
 
 
@@ -318,25 +517,48 @@ def check(root: Path, against: str | None = None) -> tuple[int, list[str]]:
     except LeaderboardError as exc:
         problems.append(f"{readme}: {exc}")
     if against is not None:
-        problems += raw_value_changes(root, against)
+        problems += changes_since(root, against)
     return n, problems
 
 
 # ----- render -----
 
+def _table_rows(entries: list[Entry], higher_is_better: bool) -> list[tuple[compare.Row, bool]]:
+    """(row, verified) best first: the verified entries ranked among themselves, then the unverified
+    ones (each compared with the verified ones and the baseline, never ranked) by mean."""
+    verified = [e.result() for e in entries if e.data["verified"]]
+    baseline = BASELINE if any(r.label == BASELINE for r in verified) else None
+    rows = [(row, True) for row in compare.statistics_table(verified, baseline, higher_is_better)]
+    extra = []
+    for entry in entries:
+        if not entry.data["verified"]:
+            table = compare.statistics_table(verified + [entry.result()], baseline, higher_is_better)
+            row = next(r for r in table if r.result.label == entry.data["method"]["name"])
+            extra.append(dataclasses.replace(row, rank=None))
+    sign = -1.0 if higher_is_better else 1.0
+    return rows + [(row, False) for row in sorted(extra, key=lambda r: (sign * r.mean, r.result.label))]
+
+
 def _markdown_table(entries: list[Entry]) -> list[str]:
     task, name = entries[0].key
     proto = _registry_protocol(task, name)
-    results = [e.result() for e in entries]
-    baseline = BASELINE if any(r.label == BASELINE for r in results) else None
-    rows = compare.statistics_table(results, baseline, proto.higher_is_better)
+    rows = _table_rows(entries, proto.higher_is_better)
+    baseline = BASELINE if any(ok and row.result.label == BASELINE for row, ok in rows) else None
     lines = [f"### {compare.title(task, name, proto.hash, proto.metric, proto.higher_is_better)}", "",
              f"Per-seed score: mean of the per-task {proto.metric} over the last {proto.summary_tasks} of "
              f"{proto.n_tasks} tasks."
-             + ("" if baseline else f" No {BASELINE} entry yet: the comparison columns are empty."), "",
+             + ("" if baseline else f" No verified {BASELINE} entry yet: the comparison columns are empty."), "",
              "| " + " | ".join(compare.header(BASELINE)) + " |",
              "|" + "|".join("---" if col == "method" else "---:" for col in compare.header(BASELINE)) + "|"]
-    lines += ["| " + " | ".join(compare.cells(row, BASELINE)) + " |" for row in rows]
+    for row, ok in rows:
+        cells = compare.cells(row, BASELINE)
+        if not ok:
+            cells[0], cells[1] = "unverified", f"{cells[1]} {UNVERIFIED}"
+        lines.append("| " + " | ".join(cells) + " |")
+    if not all(ok for _, ok in rows):
+        lines += ["", f"{UNVERIFIED} Run on data whose checksums did not match the official files (submitted "
+                  "with `--allow-unverified`): shown for reference, not ranked, and left out of the other rows' "
+                  "statistics."]
     return lines + [""]
 
 
@@ -380,3 +602,74 @@ def render(root: Path) -> tuple[Path, int, list[str]]:
     readme.parent.mkdir(parents=True, exist_ok=True)
     readme.write_text(text)
     return readme, len(entries), problems
+
+
+# ----- verify: re-run the first tasks of some seeds -----
+
+def replay(entry: dict[str, Any], seeds: list[int], tasks: int, data_dir=None) -> dict[int, list[float]]:
+    """The protocol metric of the first ``tasks`` tasks of ``seeds``, re-run here on the CPU with the
+    entry's method, hyperparameters and protocol (``dataclasses.replace(protocol, n_tasks=tasks)``;
+    a seed alone equals the same seed among others)."""
+    import torch
+
+    from .engine import Engine
+    from .results import run_config
+
+    method, task = entry["method"]["name"], entry["protocol"]["task"]
+    task_cls = TASKS.get(task)
+    proto = dataclasses.replace(task_cls.protocol(entry["protocol"]["name"]), n_tasks=tasks)
+    # hyperparameters the method gained after the entry was made take their defaults (their
+    # defaults keep the earlier behaviour); the entry's own values override everything
+    hparams = {**METHODS.get(method).hparams_for(task), **entry["method"]["hyperparameters"]}
+    with tempfile.TemporaryDirectory(prefix="plastibench-verify-") as tmp:
+        engine = Engine(METHODS.get(method), hparams, task_cls, proto, seeds, device=torch.device("cpu"),
+                        directory=Path(tmp), config=run_config(method, hparams, proto, seeds), data_dir=data_dir,
+                        checkpoint_every=float("inf"))
+        engine.run()
+        return {s: [float(r[proto.metric][i]) for r in engine.records] for i, s in enumerate(seeds)}
+
+
+def pick_seeds(seeds: list[int], k: int, rng: random.Random) -> list[int]:
+    """``k`` of ``seeds`` drawn at random (all of them when ``k`` >= their number), sorted."""
+    return sorted(seeds) if k >= len(seeds) else sorted(rng.sample(list(seeds), k))
+
+
+def verify_entry(entry: Entry, n_seeds: int, tasks: int, rng: random.Random, data_dir=None,
+                 rerun=replay) -> tuple[str, bool]:
+    """(one line, passed) for re-running ``tasks`` tasks of ``n_seeds`` of the entry's seeds."""
+    stored = entry.data["replay"]
+    tasks = min(tasks, stored["tasks"])
+    seeds = pick_seeds(entry.data["seeds"], n_seeds, rng)
+    got = rerun(entry.data, seeds, tasks, data_dir)
+    bad = [(s, t, stored["per_seed_task_metrics"][s][t], got[s][t]) for s in seeds for t in range(tasks)
+           if not math.isclose(got[s][t], stored["per_seed_task_metrics"][s][t], rel_tol=REPLAY_RTOL,
+                               abs_tol=REPLAY_ATOL)]
+    what = f"seeds {seeds}, {tasks} task{'s' if tasks > 1 else ''}"
+    if not bad:
+        return f"{entry.path}: replay OK ({what})", True
+    s, t, want, have = bad[0]
+    more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+    return (f"{entry.path}: replay differs from the stored values ({what}, rtol {REPLAY_RTOL:g}): seed {s} task {t} "
+            f"stored {want!r}, re-run here {have!r}{more}"), False
+
+
+def select_entries(root: Path, which: str | None) -> tuple[list[Entry], list[str]]:
+    """The valid entries (all, or the one named by a path or ``task/protocol/method``) and one line per
+    invalid one among them."""
+    root = Path(root)
+    if not root.is_dir():
+        raise LeaderboardError(f"{root}: no leaderboard here (expected {root}/entries/ and {root}/README.md)")
+    entries, problems = valid_entries(root)
+    if which is None:
+        return entries, problems
+    path = Path(which)
+    if not path.exists():
+        parts = which.removesuffix(".yaml").split("/")
+        if len(parts) != 3:
+            raise LeaderboardError(f"{which}: no such entry; give its file or TASK/PROTOCOL/METHOD")
+        path = entry_path(root, *parts)
+    found = [e for e in entries if e.path.resolve() == path.resolve()]
+    bad = [p for p in problems if Path(p.split(": ")[0]).resolve() == path.resolve()]
+    if not found and not bad:
+        raise LeaderboardError(f"{which}: no such entry under {root}/entries")
+    return found, bad

@@ -315,7 +315,11 @@ def load_summary(run_dir: Path, *, locked: bool = False, rewrite: bool = True) -
     records = [{name: np.array([metrics[name][s][t] for s in seeds]) for name in rows}
                for t in range(protocol.n_tasks)]
     end = end_of_run(run_dir)
-    summary = summarise(config, protocol, records, {}, 0.0)
+    try:
+        summary = summarise(config, protocol, records, {}, 0.0)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ResultError(f"{run_dir}/config.yaml: damaged ({type(exc).__name__}: {exc}); restore it or "
+                          "re-run the run with --restart") from None
     summary["final_diagnostics"] = end["final_diagnostics"]
     summary["wall_time_s"] = end["wall_time_s"]
     summary["recomputed_from"] = "metrics.csv"

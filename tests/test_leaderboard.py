@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from plastibench import compare
 from plastibench.cli_leaderboard import compare_command, leaderboard_app
-from plastibench.leaderboard import END, START
+from plastibench.leaderboard import END, START, content_hash
 from plastibench.registry import METHODS, TASKS
 from plastibench.results import protocol_from_spec, read_yaml, write_yaml
 from plastibench.runner import execute, plan
@@ -100,7 +100,7 @@ def test_entry_holds_provenance_and_raw_values(board, runs):
     summary = read_yaml(runs["cbp"] / "summary.yaml")
     env = read_yaml(runs["cbp"] / "environment.yaml")
     proto = TASKS.get("scr").protocol("smoke")
-    assert data["schema_version"] == 1 and data["verified"] is False
+    assert data["schema_version"] == 2 and data["verified"] is True  # synthetic data: nothing unverified
     assert data["method"]["paper"] == METHODS.get("cbp").paper
     assert data["method"]["code_commit"] == env["git_commit"]
     assert data["method"]["hyperparameters"] == summary["hparams"]
@@ -141,6 +141,9 @@ def with_protocol(run: Path, **changes) -> str:
     config["protocol_spec"].update(changes)
     config["protocol_hash"] = protocol_from_spec(config["protocol_spec"]).hash
     write_yaml(run / "config.yaml", config)
+    summary = read_yaml(run / "summary.yaml")  # a coherent run of that protocol: its summary agrees
+    summary["protocol_hash"] = config["protocol_hash"]
+    write_yaml(run / "summary.yaml", summary)
     return config["protocol_hash"]
 
 
@@ -345,15 +348,17 @@ def test_against_git_ref(board, runs, tmp_path):
     edit(path, lambda d: d["results"]["per_seed"].__setitem__(0, 0.25))
     mean, low, high = mean_ci95(list(read_yaml(path)["results"]["per_seed"].values()))
     edit(path, lambda d: d["summary"].update(mean=mean, ci95=[low, high]))  # as a careful forger would
+    edit(path, lambda d: d.update(content_hash=content_hash(d)))  # and its content hash
     assert_exit(invoke("leaderboard", "render", "--root", root), 0)
     assert check(root, code=0) == ["4 entries OK"]
     lines = check(root, "--against", "HEAD", code=1)
-    assert lines == [f"{path}: raw values changed since HEAD (results.per_seed); accepted numbers are immutable, "
+    assert lines == [f"{path}: changed since HEAD (results.per_seed); merged entries are immutable, "
                      "submit a new run under a new protocol instead"]
     # a removed entry is reported too
     entry(root, "snp").unlink()
     assert_exit(invoke("leaderboard", "render", "--root", root), 0)
-    assert f"{entry(root, 'snp')}: entry removed since HEAD" in check(root, "--against", "HEAD", code=1)
+    assert f"{entry(root, 'snp')}: entry removed since HEAD; merged entries are immutable" in \
+        check(root, "--against", "HEAD", code=1)
     out = assert_exit(invoke("leaderboard", "check", "--root", root, "--against", "no-such-ref"), 2)
     assert "no-such-ref" in out
 
