@@ -6,6 +6,7 @@ import inspect
 import json
 import tempfile
 import time
+from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -23,6 +24,7 @@ from .cli_data import data_app
 from .cli_leaderboard import compare_command, leaderboard_app
 from .compose import describe
 from .data.paths import DataUnavailable
+from .engine import Preempted
 from .errors import CheckpointUnreadable, RunFileError, StartupInterrupted, UsageError
 from .registry import METHODS, TASKS, UnknownName
 from .runner import execute, plan, parse_overrides, resolve_capture, resolve_device
@@ -102,6 +104,9 @@ def run(
                                           "checkpoint).")] = False,
     force: Annotated[bool, typer.Option("--force", help="Recompute even if the run is finished (in place, "
                                         "under the run's lock).")] = False,
+    log_every: Annotated[float, typer.Option(help="When stderr is not a terminal (nohup, a batch log): seconds "
+                                             "between plain progress lines (task, steps, seed-steps/s, "
+                                             "ETA).", min=1)] = 60.0,
 ):
     """Train every seed of each method in one batched model; resume if interrupted.
 
@@ -146,7 +151,8 @@ def run(
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("tasks {task.fields[tasks]}"),
                TextColumn("{task.fields[rate]} seed-steps/s"), TimeElapsedColumn(), TextColumn("ETA"),
                TimeRemainingColumn())
-    with Progress(*columns, console=err, transient=False) as progress:
+    plain = not err.is_terminal  # a log file: plain lines every --log-every seconds instead of a bar
+    with Progress(*columns, console=err, transient=False, disable=plain) as progress:
         for p in plans:
             n_seeds, proto = len(p.config["seeds"]), p.config["protocol_spec"]
             bar = progress.add_task(f"{p.method:>8} {task}/{protocol}", total=proto["n_tasks"] *
@@ -161,11 +167,15 @@ def run(
                 rate = (pr.steps_done - start["steps"]) * n_seeds / dt if dt > 0 else 0.0
                 progress.update(bar, total=pr.total_steps, completed=pr.steps_done, tasks=f"{pr.tasks_done}/{n_tasks}",
                                 rate=f"{rate:,.0f}", visible=True)
+                if plain and time.monotonic() >= start.get("next_log", 0.0):
+                    start["next_log"] = time.monotonic() + log_every
+                    _log_line(f"{p.method} {task}/{protocol}", pr, n_tasks, rate)
 
             try:
                 summary = execute(p, device=dev, data_dir=data_dir, verify=verify,
                                   checkpoint_every=checkpoint_every, on_progress=on_progress, capture=capture,
-                                  restart=restart, force=force, on_wait=waiting)
+                                  restart=restart, force=force, on_wait=waiting,
+                                  report_every=min(5.0, log_every))
             except DataUnavailable as exc:
                 raise fail(str(exc), 1)
             except UsageError as exc:  # e.g. the seeds do not fit in memory
@@ -177,6 +187,9 @@ def run(
                            "--out and --data-dir (writable directories, free disk space)", 1)
             except StartupInterrupted:
                 raise fail("interrupted before training started; nothing was saved", 130)
+            except Preempted as exc:
+                raise fail(f"received {exc.name}: checkpoint saved in {p.directory}; re-run the same command to "
+                           "resume (a requeued Slurm job does)", exc.exit_code)
             except KeyboardInterrupt:
                 if p.directory is None:
                     raise fail("interrupted while loading the data; nothing was computed.", 130)
@@ -186,6 +199,17 @@ def run(
                             visible=True)
             summaries.append((p, summary))
     _print_table(summaries)
+
+
+def _log_line(name: str, pr, n_tasks: int, rate: float) -> None:
+    """One plain progress line on stderr (for logs): task, steps, rate, elapsed (across resumes), ETA."""
+    left = (pr.total_steps - pr.steps_done) * (pr.elapsed_s / pr.steps_done) if pr.steps_done else None
+    clock = lambda s: "?" if s is None else time.strftime("%H:%M:%S", time.gmtime(s)) if s < 86400 \
+        else f"{s / 86400:.1f} days"  # noqa: E731
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    err.print(f"[{stamp}] {name}: task {pr.tasks_done}/{n_tasks}, step {pr.steps_done:,}/{pr.total_steps:,} "
+              f"({100 * pr.steps_done / max(1, pr.total_steps):.1f}%), {rate:,.0f} seed-steps/s, "
+              f"elapsed {clock(pr.elapsed_s)}, ETA {clock(left)}", highlight=False, soft_wrap=True)
 
 
 def _check_dir(option: str, path: Optional[Path]) -> None:

@@ -165,7 +165,8 @@ def discard(p: Plan) -> None:
 
 def execute(p: Plan, *, device: torch.device, data_dir=None, verify: bool = True, checkpoint_every: float = 120.0,
             on_progress: Callable[[Progress], None] = lambda _: None, capture: str = "off", restart: bool = False,
-            force: bool = False, on_wait: Callable[[Path], None] | None = None) -> dict[str, Any]:
+            force: bool = False, on_wait: Callable[[Path], None] | None = None,
+            report_every: float = 5.0) -> dict[str, Any]:
     """Run (or resume) one plan and return its summary; a finished plan is read, not recomputed.
 
     A run that cannot fit in the device's free memory is refused (UsageError) before anything is
@@ -203,7 +204,7 @@ def execute(p: Plan, *, device: torch.device, data_dir=None, verify: bool = True
             build_task = task_cls if task is None else (lambda *args, **kwargs: task)
             engine = Engine(method_cls, p.hparams, build_task, proto, p.config["seeds"], device=device,
                             directory=p.directory, config=p.config, data_dir=data_dir, verify=verify,
-                            checkpoint_every=checkpoint_every, capture=capture)
+                            checkpoint_every=checkpoint_every, capture=capture, report_every=report_every)
             if engine.task.data_record() != p.config["data"]:
                 raise UsageError(f"the data changed since this run was planned ({p.directory}); run it again")
             if not engine.resume():
