@@ -42,6 +42,7 @@ from . import diagnostics, rng
 from .capture import make_stepper
 from .clock import StepClock
 from .divergence import Divergence
+from .errors import RunFileError
 from .method import Method, RunContext, StepInfo
 from .protocol import Protocol
 from .results import load_checkpoint, save_checkpoint, summarise, write_metrics, write_yaml
@@ -140,8 +141,8 @@ class Engine:
         if state is None:
             return False
         if state["config"] != self.config:
-            raise RuntimeError(f"{self.checkpoint_path} belongs to another configuration; remove it or "
-                               "choose another --out")
+            raise RunFileError(f"{self.checkpoint_path} belongs to another configuration; re-run with "
+                               "--restart to discard it, or choose another --out")
         self.task_index, self.step_in_task = state["task_index"], state["step_in_task"]
         self.wall_time, self.records = state["wall_time"], state["records"]
         self.task_diagnostics = state["task_diagnostics"]

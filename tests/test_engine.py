@@ -13,6 +13,7 @@ import torch
 
 from plastibench import engine as engine_mod
 from plastibench import rng, runner
+from plastibench.errors import RunFileError
 from plastibench.protocol import OptimizerSpec, Protocol
 from plastibench.registry import METHODS, TASKS
 from plastibench.results import load_checkpoint, read_metrics, read_yaml, run_config
@@ -192,7 +193,7 @@ def test_resume_refuses_a_checkpoint_of_another_configuration(tmp_path):
     p, _ = run("bp", "scr", "0", tmp_path)
     (p.directory / "summary.yaml").unlink()
     other = runner.Plan(p.method, p.hparams, {**p.config, "seeds": [5]}, p.directory)
-    with pytest.raises(RuntimeError, match="another configuration"):
+    with pytest.raises(RunFileError, match="another configuration"):
         execute(other, device=CPU)
 
 
