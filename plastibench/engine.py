@@ -38,7 +38,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from . import diagnostics, rng
+from . import diagnostics, heap, rng
 from .capture import make_stepper
 from .clock import StepClock
 from .divergence import Divergence
@@ -92,6 +92,8 @@ class Engine:
                  capture: str = "off", report_every: float = 5.0):
         self.protocol, self.directory, self.config = protocol, Path(directory), dict(config)
         self.seeds = list(seeds)
+        if device.type == "cpu":
+            heap.keep_freed_blocks()  # large per-step gradients reuse pages instead of faulting them in
         self.checkpoint_every = checkpoint_every
         seed_tensor = torch.tensor(self.seeds, dtype=torch.int64, device=device)
         self.task = task_cls(protocol, seed_tensor, data_dir=data_dir, verify=verify)

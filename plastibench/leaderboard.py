@@ -93,7 +93,8 @@ class Entry:
 
     def result(self) -> compare.Result:
         results = self.data["results"]
-        return compare.Result(self.data["method"]["name"], results["per_seed"], results["final_diagnostics"])
+        return compare.Result(self.data["method"]["name"], results["per_seed"], results["final_diagnostics"],
+                              len(results.get("diverged") or {}))
 
 
 def entry_path(root: Path, task: str, protocol: str, method: str) -> Path:
@@ -227,6 +228,9 @@ def entry_from_run(run_dir: Path, tuning: str = DEFAULT_TUNING, allow_unverified
         "replay": {"tasks": n_replay, "metric": proto.metric,
                    "per_seed_task_metrics": {s: v[:n_replay] for s, v in run["series"].items()}},
     }
+    diverged = (summary.get("diverged") or {}).get("seeds_at_step") or {}
+    if diverged:  # seeds that went non-finite, with their step (scored by the protocol's rule)
+        entry["results"]["diverged"] = {int(s): int(step) for s, step in diverged.items()}
     return with_content_hash(entry)
 
 

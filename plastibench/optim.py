@@ -15,6 +15,14 @@ import torch
 from .protocol import OptimizerSpec
 
 
+def _evaluate(closure) -> torch.Tensor | None:
+    """The loss of an optimizer step's optional closure, evaluated with gradients on."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 class DeviceSGD(torch.optim.SGD):
     """SGD with coupled L2 ``weight_decay`` and heavy-ball ``momentum``, bit for bit torch's SGD
     (dampening 0, no Nesterov):
@@ -29,10 +37,7 @@ class DeviceSGD(torch.optim.SGD):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _evaluate(closure)
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
@@ -75,10 +80,7 @@ class DeviceAdam(torch.optim.Adam):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _evaluate(closure)
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
