@@ -1,4 +1,9 @@
-"""Plasticity diagnostics with the reference's definitions (``lop/utils/miscellaneous.py``).
+"""Plasticity diagnostics after the reference's rank definitions (``lop/utils/miscellaneous.py``).
+
+The ranks follow the reference's ``compute_effective_rank`` / ``compute_abs_approximate_rank``
+(including the all-zero edge case below); the probe, dead-unit rule and weight magnitude are
+plastibench's per-task choices, each described here and in the task's docstring, not the
+reference's code for every stream (e.g. icifar100's ``post_run_analysis.py`` differs, issue 11).
 
 For each hidden layer's representation ``H[s]`` (probe inputs × units), per seed:
 
@@ -9,7 +14,14 @@ For each hidden layer's representation ``H[s]`` (probe inputs × units), per see
   (σ not squared, as ``compute_abs_approximate_rank``);
 
 and ``weight_magnitude``: mean |w| over all weight matrices, biases excluded (the MNIST plots'
-Σ|W| / #weights). A layer whose representation is all zero has both ranks 0.
+Σ|W| / #weights).
+
+Edge case, as the reference: a layer whose representation is all zero (all σ = 0) has both ranks
+**1**, not 0. In the reference σ/Σσ is 0/0 = NaN; ``compute_effective_rank`` skips every ``p > 0``
+(false on NaN), so the entropy is 0 and the rank e⁰ = 1; ``compute_abs_approximate_rank`` adds one
+NaN to its running sum, counts k = 1, and stops because ``NaN < prop`` is false. We return the same
+1 for both. (A diverged seed's features are zeroed before the SVD, so it also gets 1 here; the
+engine then overwrites that seed's diagnostics with NaN.)
 
 A conv layer's units are its channels: a channel is dead when it is 0 at every position of every
 probe input, and the ranks are those of the channel activations averaged over positions
@@ -23,20 +35,22 @@ import torch
 
 
 def effective_rank(sv: torch.Tensor) -> torch.Tensor:
-    """``sv[..., k]`` singular values -> effective rank ``[...]`` (0·log 0 taken as 0)."""
+    """``sv[..., k]`` singular values -> effective rank ``[...]`` (0·log 0 taken as 0; all-zero σ -> 1)."""
     total = sv.sum(-1, keepdim=True)
-    p = sv / torch.where(total > 0, total, torch.ones_like(total))
+    p = sv / torch.where(total > 0, total, torch.ones_like(total))  # all-zero: p = 0, entropy 0, rank 1
     entropy = -torch.where(p > 0, p * torch.log(p), torch.zeros_like(p)).sum(-1)
-    return torch.where(total.squeeze(-1) > 0, torch.exp(entropy), torch.zeros_like(entropy))
+    return torch.exp(entropy)
 
 
 def stable_rank(sv: torch.Tensor, prop: float = 0.99) -> torch.Tensor:
-    """Smallest k whose k largest singular values hold ``prop`` of their sum, ``[...]``."""
+    """Smallest k whose k largest singular values hold ``prop`` of their sum, ``[...]`` (all-zero σ -> 1)."""
     sv = torch.sort(sv, dim=-1, descending=True).values
     total = sv.sum(-1, keepdim=True)
     cum = torch.cumsum(sv, -1) / torch.where(total > 0, total, torch.ones_like(total))
     rank = (cum < prop).sum(-1) + 1
-    return torch.where(total.squeeze(-1) > 0, rank.clamp(max=sv.shape[-1]), torch.zeros_like(rank)).float()
+    # all-zero σ: cum is 0 everywhere, so (cum < prop) counts k and the clamp would give k; the
+    # reference stops after its first (NaN) term, so the rank is 1
+    return torch.where(total.squeeze(-1) > 0, rank.clamp(max=sv.shape[-1]), torch.ones_like(rank)).float()
 
 
 @torch.no_grad()

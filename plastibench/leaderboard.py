@@ -39,7 +39,7 @@ REPLAY_RTOL, REPLAY_ATOL = 1e-4, 1e-7
 UNVERIFIED = "†"
 HASHED = ("method", "hyperparameters", "protocol", "data", "seeds", "results.per_seed",
           "results.final_diagnostics", "replay")
-DEFAULT_TUNING = "defaults from the method's paper/reference configs, not tuned"
+DEFAULT_TUNING = "plastibench's default settings of the method (see its docstring), not tuned here"
 BASELINE = "cbp"
 START = "<!-- plastibench:leaderboard:start -->"
 END = "<!-- plastibench:leaderboard:end -->"

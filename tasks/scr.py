@@ -24,6 +24,15 @@ examples (30 periods), long enough for the decline to be clear over 10 seeds
 (measured, docs/benchmarks.md: backprop's error rises from 0.69 to 0.9-1.0 per 50k examples while
 three quarters of its units die; CBP stays at 0.5-0.6), about 1 min (bp) to 3 min (cbp) on a
 2-core CPU; ``smoke`` is a few hundred steps for tests.
+
+Diagnostics probe (plastibench's choice, issue 11): ``probe_size`` inputs whose 20 bits are *all*
+fresh fair coins, slow bits included, drawn from the rng keyed by (seed, period) with purposes of
+their own (``probe`` for the fast bits, ``probe/slow`` for the slow ones), so the probe is a pure
+function of (seed, task). With 2^20 possible inputs the 1000 probe inputs are (nearly) all
+distinct, and a unit is "dead" when it is silent over the whole input space, as MNIST's 2000
+distinct images probe it; the period's own slow bits would leave only 2^5 = 32 distinct inputs
+and make "dead" mean "silent for this period". (Before issue 11 the probe held the period's slow
+bits: the diagnostics numbers of runs made then differ; the metric does not.)
 """
 
 from __future__ import annotations
@@ -120,4 +129,8 @@ class SlowlyChangingRegression(Task):
         return ((out - y) ** 2).mean(dim=(1, 2))
 
     def probe(self, task_index):
-        return self._inputs(task_index, self.protocol.probe_size, "probe")
+        """Probe inputs ``[S, P, m]``: fresh slow and fast bits per input (see the module docstring)."""
+        n = self.protocol.probe_size
+        slow = rng.bits(self.seeds, task_index, "probe/slow", (n, self.f))
+        fast = rng.bits(self.seeds, task_index, "probe", (n, self.m - self.f))
+        return torch.cat([slow, fast], dim=-1)

@@ -286,8 +286,6 @@ def slow_bits_per_period(task, n_periods: int) -> list[torch.Tensor]:
         assert torch.equal(slow, slow[:, :1].expand_as(slow)), "slow bits change within a period"
         assert not torch.equal(fast, fast[:, :1].expand_as(fast)), "fast bits are not fresh"
         assert 0.4 < fast.mean() < 0.6
-        probe = task.probe(period)
-        assert torch.equal(probe[..., :f], slow[:, :1].expand(-1, probe.shape[1], -1))
         out.append(slow[:, 0].clone())
     return out
 
@@ -312,6 +310,28 @@ def test_scr_flip_one_variant_flips_exactly_one_slow_bit():
     task.start_task(2)
     assert torch.equal(task.x[:, 0, :15], bits[2])
     assert SCR.protocol("flip-one").settings["variant"] == "flip-one"
+
+
+@pytest.mark.parametrize("variant", ["redraw", "flip-one"])
+def test_scr_probe_varies_the_slow_bits_and_is_a_function_of_seed_and_task(variant):
+    task = SCR(SCR.protocol("paper") if variant == "redraw" else SCR.protocol("flip-one"), SEEDS3)
+    f = task.protocol.settings["n_slow_bits"]
+    probe = task.probe(4)
+    assert probe.shape == (3, 1000, 20) and set(probe.unique().tolist()) == {0.0, 1.0}
+    for s in range(3):
+        rows = probe[s]
+        # 1000 draws from 2^20 inputs: (nearly) all distinct, not the 32 of one period's slow bits
+        assert len(torch.unique(rows, dim=0)) >= 995
+        assert len(torch.unique(rows[:, :f], dim=0)) >= 950  # 2^15 slow patterns: ~15 birthday repeats
+        assert 0.4 < rows[:, :f].mean() < 0.6  # each slow bit a fair coin over the probe
+        assert (rows[:, :f].std(0) > 0.4).all()
+    # not the period's slow bits, and a pure function of (seed, task): the same after other draws
+    task.start_task(4)
+    assert not torch.equal(probe[..., :f], task.x[:, :1, :f].expand(-1, 1000, -1))
+    task.start_task(7)
+    assert torch.equal(task.probe(4), probe)
+    assert torch.equal(SCR(task.protocol, SEEDS3[1:2]).probe(4)[0], probe[1])  # per seed, not per batch
+    assert not torch.equal(task.probe(5), probe)
 
 
 def test_scr_unknown_variant_is_refused():

@@ -141,3 +141,52 @@ def test_power_iteration_vectors_are_per_seed_state_and_checkpointed():
     resumed.load_state_dict(together.state_dict())
     for a, b in zip(resumed.sigmas(), together.sigmas()):
         assert torch.equal(a, b)
+
+
+def _independent_term(net, lam, k, bias):
+    """λ·Σ_l over every weight with a matrix shape (output layer included), σ_max from svdvals of W
+    reshaped [out, in·kh·kw] (with b appended as a column for ``column``), all in float64."""
+    params = dict(net.named_parameters())
+    total = torch.zeros(len(SEEDS), dtype=torch.float64)
+    n_layers = 0
+    for name, w in params.items():
+        if not name.endswith("weight") or w.dim() < 3:
+            continue
+        n_layers += 1
+        w = w.detach().double().flatten(2)
+        b = params[name[: -len("weight")] + "bias"].detach().double()
+        if bias == "column":
+            sigma = torch.linalg.svdvals(torch.cat([w, b.unsqueeze(2)], dim=2))[:, 0]
+            total += (sigma**k - 1) ** 2
+        else:
+            sigma = torch.linalg.svdvals(w)[:, 0]
+            total += (sigma**k - 1) ** 2 + torch.linalg.vector_norm(b, dim=1) ** (2 * k)
+    return lam * total, n_layers
+
+
+@pytest.mark.parametrize("kind", ["mlp", "convnet"])
+@pytest.mark.parametrize("bias", ["separate", "column"])
+@pytest.mark.parametrize("k", [None, 1, 3])  # None: the default (k = 2, λ = 1e-4)
+def test_term_matches_an_independent_svd_computation(kind, bias, k):
+    net = NETS[kind]()
+    with torch.no_grad():  # biases large enough that their handling moves the term
+        for name, p in net.named_parameters():
+            if name.endswith("bias"):
+                p.copy_(4 * p + rng.uniform(SEEDS, 0, f"test/{name}", tuple(p.shape[1:]), -0.5, 0.5))
+    overrides = {"bias": bias, "power_iterations": 300}
+    if k is not None:
+        overrides.update(k=k, lam=0.5)
+    method = _method(net, **overrides)
+    hp = method.hp
+    if k is None:
+        assert (hp["k"], hp["lam"]) == (2, 1e-4)
+    term = method.loss_term(None, [])
+    want, n_layers = _independent_term(net, hp["lam"], hp["k"], bias)
+    assert len(method.layers) == n_layers  # every layer, the output layer included
+    assert term.shape == (len(SEEDS),)
+    torch.testing.assert_close(term.detach().double(), want, rtol=1e-5, atol=0)  # 300 iterations: ~1e-6
+    # the test tells the rules apart: another exponent or the other bias handling gives another value
+    other_k, _ = _independent_term(net, hp["lam"], hp["k"] + 1, bias)
+    other_bias, _ = _independent_term(net, hp["lam"], hp["k"], "column" if bias == "separate" else "separate")
+    for other in (other_k, other_bias):
+        assert ((other - want).abs() > 1e-3 * want.abs()).all()  # 100x the tolerance above

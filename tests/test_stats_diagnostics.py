@@ -58,21 +58,25 @@ def test_mean_ci95_constant_sample_has_zero_width():
 # --------------------------------------------------------------------------------------------
 
 def ref_effective_rank(sv: np.ndarray) -> float:
-    """``compute_effective_rank``: exp of the entropy of sv / sum|sv| (0 log 0 = 0)."""
+    """``compute_effective_rank``: exp of the entropy of sv / sum|sv| (0 log 0 = 0).
+
+    Restated with the reference's NaN semantics: all-zero sv gives p = 0/0 = NaN, ``q > 0`` is
+    false on NaN, so the entropy is 0 and the rank 1."""
     sv = np.asarray(sv, dtype=np.float64)
-    if sv.sum() == 0:
-        return 0.0
-    p = sv / np.abs(sv).sum()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = sv / np.abs(sv).sum()
     entropy = -sum(q * math.log(q) for q in p if q > 0)
     return math.exp(entropy)
 
 
 def ref_stable_rank(sv: np.ndarray, prop: float = 0.99) -> int:
-    """``compute_abs_approximate_rank``: smallest k whose k largest sv hold ``prop`` of the sum (not squared)."""
+    """``compute_abs_approximate_rank``: smallest k whose k largest sv hold ``prop`` of the sum (not squared).
+
+    Restated with the reference's NaN semantics: all-zero sv gives NaN terms; the loop adds one
+    (k = 1) and stops, since ``NaN < prop`` is false."""
     sv = np.asarray(sv, dtype=np.float64)
-    if sv.sum() == 0:
-        return 0
-    normed = np.sort(sv / sv.sum())[::-1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        normed = np.sort(sv / sv.sum())[::-1]
     total, k = 0.0, 0
     while total < prop:
         total += normed[k]
@@ -88,6 +92,7 @@ SV_CASES = {
     "with-zeros": [4.0, 0.0, 0.0],
     "decay": list(0.5 ** np.arange(12)),
     "random": list(np.random.default_rng(2).exponential(1.0, 32)),
+    "all-zero": [0.0, 0.0, 0.0, 0.0],
 }
 
 
@@ -129,8 +134,10 @@ def matrix_ranks(h: np.ndarray) -> tuple[float, int]:
 def test_ranks_of_zero_and_rank_one_matrices():
     zero = torch.zeros(1, 16, 5)
     sv = torch.linalg.svdvals(zero)
-    assert diagnostics.effective_rank(sv).item() == 0.0
-    assert diagnostics.stable_rank(sv).item() == 0.0
+    # the reference gives 1 for both (its comparisons run on NaN), not 0
+    assert ref_effective_rank(sv[0].numpy()) == 1.0 and ref_stable_rank(sv[0].numpy()) == 1
+    assert diagnostics.effective_rank(sv).item() == 1.0
+    assert diagnostics.stable_rank(sv).item() == 1.0
     g = np.random.default_rng(3)
     rank1 = np.outer(g.uniform(0.5, 2, 16), g.uniform(0.5, 2, 5)).astype(np.float32)
     sv = torch.linalg.svdvals(torch.from_numpy(rank1)[None])
@@ -190,8 +197,8 @@ def test_measure_ranks_and_weight_magnitude_match_restatement():
             er, sr = matrix_ranks(h[s].detach().numpy())
             assert out[f"effective_rank/layer{layer}"][s].item() == pytest.approx(er, rel=1e-4, abs=1e-6)
             assert out[f"stable_rank/layer{layer}"][s].item() == sr
-    # seed 1's second hidden layer is all zero: both ranks are 0
-    assert out["effective_rank/layer1"][1].item() == 0.0 and out["stable_rank/layer1"][1].item() == 0.0
+    # seed 1's second hidden layer is all zero: both ranks are 1, as the reference's
+    assert out["effective_rank/layer1"][1].item() == 1.0 and out["stable_rank/layer1"][1].item() == 1.0
     for s in range(2):
         weights = [layer.weight[s].detach().numpy() for layer in net.layers]
         expected = sum(np.abs(w).sum() for w in weights) / sum(w.size for w in weights)
