@@ -36,6 +36,10 @@ and Adam (Table 4). ``scr``, ``pmnist`` and ``icifar100`` take the general 1e-2 
 no slowly-changing regression or CIFAR-100 class-incremental stream; its 5+1 CIFAR tunes
 λ = 1e-5 with SGD, 1e-2 with Adam).
 
+Weight decay: L2 Init replaces L2 (the paper compares them as alternatives at equal λ), so
+``optimizer_spec`` sets the protocol's coupled ``weight_decay`` to 0; on ``icifar100`` the
+protocol's 5e-4 toward 0 would otherwise regularise a second time, toward another point.
+
 Optimizer state: untouched (nothing is reset; the term only adds to the gradient).
 """
 
@@ -43,7 +47,7 @@ from __future__ import annotations
 
 import torch
 
-from plastibench.method import NON_NEGATIVE, Method
+from plastibench.method import NON_NEGATIVE, Method, with_weight_decay
 from plastibench.registry import register_method
 
 
@@ -55,6 +59,10 @@ class L2Init(Method):
     defaults = {"lam": 1e-2}
     task_defaults = {"cimagenet": {"lam": 1e-3}}
     bounds = {"lam": NON_NEGATIVE}
+
+    def optimizer_spec(self, spec):
+        """No coupled weight decay: the term toward θ₀ is the regulariser (see the docstring)."""
+        return with_weight_decay(spec, 0.0)
 
     def configure_network(self, net):
         self.params = [p for _, p in net.named_parameters()]

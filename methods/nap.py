@@ -29,7 +29,9 @@ its initial norm.
 
 Defaults: ``period`` = 1, projection after every optimizer step (our reading of the paper's
 algorithm; unverified, its full text could not be read here; Plasticine projects once per
-rollout), LN ε = 1e-5, no weight decay (the projection bounds the norms instead). Optimizer state
+rollout), LN ε = 1e-5, no weight decay: the paper replaces weight decay by the projection, so
+``optimizer_spec`` sets the protocol's coupled ``weight_decay`` to 0 (on ``icifar100`` it turns off
+the protocol's 5e-4; the other streams have none). Optimizer state
 (momentum, Adam moments) is neither rescaled nor reset. The initial norms are part of the method's
 checkpointed state.
 """
@@ -38,7 +40,7 @@ from __future__ import annotations
 
 import torch
 
-from plastibench.method import AT_LEAST_ONE, Method
+from plastibench.method import AT_LEAST_ONE, Method, with_weight_decay
 from plastibench.nn import BatchedLayerNorm
 from plastibench.registry import register_method
 from plastibench.vision import BatchedBatchNorm2d
@@ -59,6 +61,10 @@ class NormalizeAndProject(Method):
              "NeurIPS 2024; arXiv:2407.01800")
     defaults = {"period": 1, "project_output": False}
     bounds = {"period": AT_LEAST_ONE}
+
+    def optimizer_spec(self, spec):
+        """No weight decay (the projection bounds the norms): the protocol's coupled L2 is set to 0."""
+        return with_weight_decay(spec, 0.0)
 
     def configure_network(self, net):
         add_layer_norms(net, self.run.seeds)

@@ -20,12 +20,22 @@ its BatchNorm/LayerNorm reset where it has one (weight 1, bias 0, running mean 0
 in dopamine, all layers' incoming weights are redrawn before any outgoing weights are zeroed, so a
 weight joining two recycled units ends at 0. The output layer's units are never recycled.
 
-E|h_i| (``score_on``): dopamine scores each check on a fresh batch of 256 examples from the replay
-buffer, FIRE's port on the last 512 examples seen, Dohare's ``GnTredo`` on a history of features.
-The benchmark has no replay buffer and its online streams use batches of 1, where a one-example
-score would call every silent ReLU dormant, so the default "window" averages |h_i| over every
-example of the F steps since the last check (each step's batch mean, averaged over the steps).
-"batch" scores the F-th step's batch alone (for large batches).
+E|h_i| (``score_on``): dopamine scores each check on one fresh batch (256 examples from the replay
+buffer); FIRE's port on the last 512 examples seen; Dohare's ``GnTredo`` on a history of features.
+Default "batch" (dopamine's rule): the F-th step's batch alone (``icifar100`` B = 90, ``cimagenet``
+B = 100). "window" averages |h_i| over every example of the F steps since the last check (each
+step's batch mean, averaged over the steps). Deliberate exception: ``scr`` and ``pmnist`` stream
+one example a step, where a one-example score calls every unit silent on that example dormant
+(about half of a ReLU layer), so their task default stays "window" (F = 1000 examples, the
+closest we have to dopamine's 256-example batch).
+
+Conv units are scored on the features the network returns. Known deviation: dopamine scores the
+unpooled post-ReLU maps; our ``BatchedConvNet.forward`` (``plastibench/vision.py``) returns conv1-3
+after 2x2 max pooling (conv3's flattened), and the ResNet-18's last group is the global-average-pooled
+output. Pooling changes the scores (a 2x2 max raises
+the mean of a sparse, peaked map more than a dense one's), so which units count as dormant differs. Scoring as dopamine needs the networks to return (or expose on request)
+the unpooled maps ``activate(i, conv_i(x))`` beside the pooled ones, and ReDo to take E|h| over their
+H·W positions; a network change, not made here (issue 11, item 13).
 
 Optimizer state (``reset_optimizer_state``, default true): the per-element state (SGD momentum,
 Adam's m and v) of every tensor a recycled unit owns (incoming weights, bias, outgoing weights,
@@ -38,11 +48,14 @@ recycled; dopamine's Impala-ResNet variant recycles only some convs of each bloc
 
 Defaults: τ = 0.1 and F = 1000 steps. τ = 0.1 is what Dohare et al. ran
 (``lop/rl/cfg/ant/redo.yml``: threshold 0.1, reset_period 100); F = 1000 is ``GnTredo``'s default
-``reset_period`` (``lop/algos/gntRedo.py``, whose default threshold is 0.01). Other values in
-circulation: FIRE's scripts τ = 0.05 (ResNet-18) and 0.01 (ViT), checked every epoch; dopamine's
-``BaseRecycler`` defaults τ = 0, F = 200 000 (the shipped gin files do not set them); Kumar et al.
-sweep τ ∈ {0, 0.01, 0.1} with F of 1, 2 or 5 tasks (project notes, not checked here). The values
-of the paper's own experiments (its appendix) were not checked here.
+``reset_period`` (``lop/algos/gntRedo.py``, whose default threshold is 0.01). τ = 0.025
+(``--set redo.threshold=0.025``) is the other value to run: issue 11 attributes it to the ReDo
+paper's default replay-ratio setting, τ = 0.1 going with its high replay ratio; we could not read
+the paper's hyperparameter table here to confirm that pairing, and dopamine's shipped gin files
+(``dopamine/labs/redo/configs/*.gin``) set neither τ nor F (its ``BaseRecycler`` defaults are
+τ = 0, F = 200 000). Other values in circulation: FIRE's scripts τ = 0.05 (ResNet-18) and 0.01
+(ViT), checked every epoch; Kumar et al. sweep τ ∈ {0, 0.01, 0.1} with F of 1, 2 or 5 tasks
+(project notes, not checked here).
 """
 
 from __future__ import annotations
@@ -72,7 +85,9 @@ class ReDo(Method):
     summary = "ReDo: every F steps, reinitialise units whose normalised mean |activation| is <= tau"
     paper = ("Sokar, Agarwal, Castro & Evci, The dormant neuron phenomenon in deep reinforcement learning, "
              "ICML 2023")
-    defaults = {"threshold": 0.1, "period": 1000, "score_on": "window", "reset_optimizer_state": True}
+    defaults = {"threshold": 0.1, "period": 1000, "score_on": "batch", "reset_optimizer_state": True}
+    # one example a step: a one-example score would call every silent unit dormant (see the docstring)
+    task_defaults = {"scr": {"score_on": "window"}, "pmnist": {"score_on": "window"}}
     choices = {"score_on": ("window", "batch")}
     # τ compares with a normalised score s_i ≥ 0 (mean 1; τ = 0 recycles only fully silent units)
     bounds = {"threshold": NON_NEGATIVE, "period": AT_LEAST_ONE}

@@ -38,9 +38,16 @@ i.e. τ contracts to the p-th percentile of the unit's own silent-spell lengths 
 it, and otherwise expands by γ. τ_min = 100 is the official code's literal floor (``batch_size =
 100`` in ``update_tau_``, in examples); the FIRE port uses one batch instead.
 
-"Fires" is h > 0 on the features the network returns (post-activation; for the ConvNet the pooled
-maps, for the ResNet's last block its pooled output): for ReLU, leaky ReLU, tanh, swish, ELU and
-CReLU that is the official test on the pre-activation; with sigmoid every unit always fires.
+"Fires" is the official test: the official ages count a unit as silent on an example when its
+value is ≤ 0, and the values it tests are the outputs of the ``nn.Dense`` modules that flax's
+``capture_intermediates`` records, i.e. the **pre-activations** z (``src/algorithms/neuron_ages.py``,
+``src/models/MLP.py``). So a unit fires when z_i > 0 on some example. We test the features the
+network returns (post-activation; for the ConvNet the pooled maps, for the ResNet's last block its
+pooled output): for ReLU, leaky ReLU, tanh, swish and ELU, h > 0 ⇔ z > 0, the official test (max
+pooling keeps "some position > 0"; the ConvNet's even map sizes leave no position out). For CReLU
+a unit j has two outputs, relu(z_j) and relu(−z_j); "some output > 0" would be z_j ≠ 0 (a unit
+would then never be silent), so we test its relu(z_j) half alone, which is z_j > 0, the official
+test. With sigmoid every unit always fires.
 
 Implementation (exact where noted):
 
@@ -51,11 +58,14 @@ Implementation (exact where noted):
   the device; Continual ImageNet, B = 100: 0.4 MB a seed). Reached percentiles are counted in
   integers: Σ H ≥ ⌈p·N − 10⁻⁹⌉, so that p = 0.07, N = 100 needs 7 (the official code compares float32
   ratios, Σ H / N ≥ p).
-* At most K = ⌈ρ·n_l⌉ units of a layer are reset in one step (``max_reset_fraction`` ρ, default
-  0.01; ρ ≥ 1 resets all due units at once, exactly the official rule). When more are due, the
-  most overdue (largest a_i/τ_i, ties to the lower index) go first and the others wait for the next
-  step (they stay due; a unit that fires meanwhile records its spell as a firing). The bound keeps
-  the fresh weights drawn per step small (K rows a layer, as CBP), with no host synchronisation.
+* ``max_reset_fraction`` ρ (default 1: no cap): ρ ≥ 1 resets every due unit in the step, exactly
+  the official rule (K = n_l, the uncapped path). An optional cap ρ < 1 resets at most
+  K = ⌈ρ·n_l⌉ ≥ 1 units of a layer in one step: the most overdue (largest a_i/τ_i, ties to the lower
+  index) go first and the others wait for the next step (they stay due; a unit that fires
+  meanwhile records its spell as a firing). A cap keeps the fresh weights drawn per step small
+  (K rows a layer, as CBP), but it departs from the official rule: on small layers (ρ = 0.01, the
+  default before issue 11) it allows one reset a step, so due units wait, their spells run longer
+  and push τ up.
 * Fresh weights come from ``rng``, keyed by (seed, step, "snr/<layer>/init", slot).
 
 Optimizer state (``reset_optimizer_state``, default true): the per-element state of every tensor a
@@ -63,7 +73,7 @@ reset unit owns (incoming weights, bias, outgoing weights, norm parameters) is z
 official Adam variant zeroes m and v of the bias, incoming and outgoing kernels (its SGD variant
 has no state); Adam's step count is kept.
 
-Defaults: p = 0.99, F = 16 tasks, γ = 2 (official ``init_fn_sgd``); τ_max = 20 000 and initial
+Defaults: p = 0.99, F = 16 tasks, γ = 2 (official ``init_fn_sgd``); no reset cap (ρ = 1, official); τ_max = 20 000 and initial
 τ = 10 000 = τ_max/2 (FIRE's port: the official code takes both from the experiment script, whose
 values are not in the repository); τ_min = 100 (official). FIRE's scripts use p = 0.92 (ResNet-18)
 and 0.96 (ViT). Differences of the FIRE port we do not follow: thresholds re-estimated every 16
@@ -83,8 +93,12 @@ from plastibench.units import UnitGroup, incoming_init, incoming_shape, per_unit
 
 
 def fired(h: torch.Tensor, group: UnitGroup) -> torch.Tensor:
-    """Whether each unit was positive anywhere in the batch, ``[S, n]`` bool."""
-    return per_unit(h.detach(), group).amax((1, 3)) > 0
+    """Whether each unit's pre-activation z was positive on some example (and position), ``[S, n]``
+    bool: h > 0 on the features; for CReLU only the relu(z) half of each unit's (relu(z), relu(−z))."""
+    v = per_unit(h.detach(), group)
+    if group.activation == "crelu":  # unit j's values: its relu(z_j) half first, then its relu(−z_j) half
+        v = v.reshape(*v.shape[:3], 2, -1)[:, :, :, 0]
+    return v.amax((1, 3)) > 0
 
 
 def max_resets(fraction: float, n_units: int) -> int:
@@ -105,11 +119,12 @@ class SelfNormalizedResets(Method):
         "initial_threshold": 10000,
         "tau_max": 20000,
         "tau_min": 100,
-        "max_reset_fraction": 0.01,
+        "max_reset_fraction": 1.0,
         "reset_optimizer_state": True,
     }
-    # Thresholds count examples (τ ≥ 1); γ expands τ (γ < 1 would shrink it); the reset fraction ρ
-    # caps K = ⌈ρ·n⌉ but K ≥ 1 (ρ = 0: one unit a step), ρ ≥ 1 resets all due units at once.
+    # Thresholds count examples (τ ≥ 1); γ expands τ (γ < 1 would shrink it); the reset fraction ρ:
+    # any value ≥ 1 (the default 1) resets all due units at once (no cap, the official rule);
+    # ρ in [0, 1) caps K = ⌈ρ·n⌉ but K ≥ 1 (ρ = 0: one unit a step).
     # tau_max ≥ one batch depends on the protocol: checked in configure_network.
     bounds = {
         "percentile": Range(0, 1, low_open=True),

@@ -131,7 +131,7 @@ def test_fresh_incoming_weights_follow_each_networks_init():
 def test_no_check_between_periods_and_the_window_averages_the_period():
     torch.manual_seed(1)
     net = BatchedMLP(MLPSpec((6, 4, 3)), SEEDS)
-    method = redo_on(net, threshold=0.5, period=3)
+    method = redo_on(net, threshold=0.5, period=3, score_on="window")
     ones = torch.ones(3, 5, 4)
     spike = ones.clone()
     spike[:, :, 0] = 3.0  # unit 0: 3 at the first step, silent at the other two -> window mean 1
@@ -255,3 +255,22 @@ def test_threshold_zero_recycles_exactly_the_silent_units():
     silent[0, 2] = True
     expected = torch.where(silent.unsqueeze(1), torch.zeros_like(before), before)
     assert torch.equal(net.layers[1].weight, expected)
+
+
+def test_default_scores_the_check_batch_alone_as_dopamine_and_window_on_one_example_streams():
+    """Issue 11 item 13: dopamine scores one batch at each check; "window" stays only where B = 1."""
+    assert ReDo.defaults["score_on"] == "batch"
+    for task in ("icifar100", "cimagenet", "test"):
+        assert ReDo.hparams_for(task)["score_on"] == "batch"
+    for task in ("scr", "pmnist"):
+        assert ReDo.hparams_for(task)["score_on"] == "window"
+    # behaviour of the default: unit 0 fires hard at step 0, is silent at the checked step 1
+    net = BatchedMLP(MLPSpec((6, 4, 3)), SEEDS)
+    before = [p.detach().clone() for p in net.parameters()]
+    method = redo_on(net, threshold=0.5, period=2)
+    spike, silent = torch.ones(3, 5, 4), torch.ones(3, 5, 4)
+    spike[:, :, 0], silent[:, :, 0] = 3.0, 0.0  # window mean 1.5 (not dormant); the batch's 0 (dormant)
+    step(method, 0, [spike])
+    step(method, 1, [silent])
+    assert torch.equal(net.layers[1].weight[:, :, 0], torch.zeros(3, 3))
+    assert torch.equal(net.layers[1].weight[:, :, 1:], before[2][:, :, 1:])

@@ -145,9 +145,10 @@ def test_a_unit_is_reset_exactly_after_tau_silent_examples():
     assert all(torch.equal(a, b) for a, b in zip(net.parameters(), old))
     method.after_step(StepInfo(2, 0, [silent]))  # age 15 = τ: reset now
     w_in, b_in, w_out = net.layers[0].weight, net.layers[0].bias, net.layers[1].weight
-    fresh = incoming_init(net, method.groups[0]).draw(SEEDS, 2, "snr/layer0/init", (1, 6))
+    # no cap (the default): one fresh row per unit, unit i takes slot i
+    fresh = incoming_init(net, method.groups[0]).draw(SEEDS, 2, "snr/layer0/init", (4, 6))
     expected = old[0].clone()
-    expected[1, 2] = fresh[1, 0]
+    expected[1, 2] = fresh[1, 2]
     assert torch.equal(w_in, expected)
     assert b_in[1, 2] == 0 and torch.equal(b_in[0], old[1][0])
     assert torch.equal(w_out[1, :, 2], torch.zeros(3)) and torch.equal(w_out[0], old[2][0])
@@ -273,3 +274,40 @@ def test_hyperparameters_are_checked():
     net = BatchedMLP(MLPSpec((6, 4, 3)), SEEDS)
     with pytest.raises(ValueError, match="tau_max"):
         snr_on(net, 100, tau_max=50)
+
+
+def test_default_resets_every_due_unit_in_one_step_as_the_official_rule():
+    """Issue 11: the default has no cap (ρ ≥ 1, K = n): 200 units due at once are all reset in that step."""
+    assert SelfNormalizedResets.defaults["max_reset_fraction"] >= 1
+    net = BatchedMLP(MLPSpec((6, 200, 3)), SEEDS)
+    method = snr_on(net, 1, initial_threshold=1, tau_min=1, tau_max=40)  # max_reset_fraction: the default
+    assert method.k == [200]  # the uncapped path
+    before = net.layers[0].weight.detach().clone()
+    method.after_step(StepInfo(0, 0, [-torch.ones(3, 1, 200)]))  # every unit silent: age 1 ≥ τ = 1
+    assert torch.equal(method.state[0]["age"], torch.zeros(3, 200, dtype=torch.int64))
+    assert (net.layers[0].weight.detach() != before).any(-1).all()  # every unit got fresh weights
+    assert net.layers[1].weight.detach().eq(0).all()
+
+
+@pytest.mark.parametrize("shape", ["dense", "conv", "flat_conv"])
+def test_crelu_unit_fires_when_its_preactivation_is_positive(shape):
+    """The official test is z > 0 on the pre-activation; a CReLU unit whose z < 0 everywhere has
+    relu(−z) > 0 but has not fired (z ≠ 0 would count it as firing)."""
+    from types import SimpleNamespace
+
+    from plastibench.methods.snr import fired
+    from plastibench.nn import crelu
+
+    n = 6
+    z = {"dense": torch.randn(2, 5, n), "conv": torch.randn(2, 5, n, 3, 3), "flat_conv": torch.randn(2, 5, n, 2, 2)}[shape]
+    z[:, :, :3] = -z[:, :, :3].abs() - 0.1  # units 0-2 never positive
+    z[:, :, 4] = 0.0  # unit 4 exactly zero everywhere
+    h = crelu(z)
+    if shape == "flat_conv":
+        h = h.flatten(2)  # a flattened conv channel owns 2·H·W consecutive inputs
+    group = SimpleNamespace(n_units=n, activation="crelu")
+    expect = (z > 0).flatten(3).any(-1).any(1) if z.dim() > 3 else (z > 0).any(1)
+    assert torch.equal(fired(h, group), expect)
+    assert not fired(h, group)[:, [0, 1, 2, 4]].any()
+    relu_group = SimpleNamespace(n_units=n, activation="relu")
+    assert torch.equal(fired(torch.relu(z).flatten(2) if shape == "flat_conv" else torch.relu(z), relu_group), expect)
