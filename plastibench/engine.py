@@ -44,6 +44,8 @@ from .clock import StepClock
 from .divergence import Divergence
 from .errors import RunFileError
 from .method import Method, RunContext, StepInfo
+from .nn import BatchedLinear
+from .optim import DeviceSGD
 from .protocol import Protocol
 from .results import load_checkpoint, save_checkpoint, summarise, write_metrics, write_yaml
 from .task import Task
@@ -106,6 +108,7 @@ class Engine:
         spec = self.method.optimizer_spec(protocol.optimizer)
         self.optimizer = self.method.build_optimizer(list(self.net.parameters()), spec)
         self._params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        self.fused_sgd = self._fuse_sgd()
         self.ctx.optimizer = self.optimizer
         self.device = device
         self.records: list[dict[str, np.ndarray]] = []
@@ -116,6 +119,21 @@ class Engine:
         self.interrupted: list[int] = []  # signals received (handled between steps)
         self.pause_at = math.inf  # monotonic time at which the steppers hand control back (report, checkpoint)
         self.report_every = report_every
+
+    def _fuse_sgd(self) -> int:
+        """Let large linear layers apply plain SGD inside their backward (``BatchedLinear.fuse_sgd``)
+        when nothing else needs their gradients: the optimizer is :class:`DeviceSGD` and the method
+        adds no loss term. Returns how many layers do."""
+        if type(self.optimizer) is not DeviceSGD or type(self.method).loss_term is not Method.loss_term:
+            return 0
+        group_of = {id(p): g for g in self.optimizer.param_groups for p in g["params"]}
+        fused = 0
+        for layer in self.net.modules():
+            if isinstance(layer, BatchedLinear):
+                group = group_of.get(id(layer.weight))
+                if group is not None and group is group_of.get(id(layer.bias)):
+                    fused += layer.fuse_sgd(group)
+        return fused
 
     # ----- checkpointing -----
     @property

@@ -57,23 +57,37 @@ class _BatchedLinearFunction(torch.autograd.Function):
     No host syncs and no value-dependent Python state: works under ``torch.compile`` and CUDA-graph
     capture. ``backward`` is made of differentiable ops on the saved inputs, so double backward
     (``create_graph=True``) works as for any composite; nothing in the benchmark needs it.
+
+    With ``sgd`` (an SGD parameter group, no momentum, no weight decay; see
+    :meth:`BatchedLinear.fuse_sgd`) the backward applies the SGD update itself, after computing ∂x
+    from the old W: ``W ← W − lr·∂yᵀ·x`` as one ``baddbmm_`` and ``b ← b − lr·Σ_B ∂y``, and returns no
+    gradient for W and b (the optimizer then skips them). That saves writing and re-reading a
+    gradient as large as W every step; the update agrees with the optimizer's to float rounding.
     """
 
     # forward(ctx, ...) rather than a separate setup_context: the latter binds arguments through
     # inspect.signature on every call, which costs more than a small layer's matmul.
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, sgd: dict | None = None
+                ) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
+        ctx.sgd, ctx.bias = sgd, bias
         return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         x, weight = ctx.saved_tensors
-        need_x, need_w, need_b = ctx.needs_input_grad
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
         grad_x = torch.bmm(grad_out, weight) if need_x else None
+        if ctx.sgd is not None:
+            with torch.no_grad():
+                lr = ctx.sgd["lr"]
+                weight.baddbmm_(grad_out.transpose(1, 2), x, alpha=-lr)
+                ctx.bias.add_(grad_out.sum(1), alpha=-lr)
+            return grad_x, None, None, None
         grad_w = torch.bmm(grad_out.transpose(1, 2), x) if need_w else None
         grad_b = grad_out.sum(1) if need_b else None
-        return grad_x, grad_w, grad_b
+        return grad_x, grad_w, grad_b, None
 
 
 class BatchedLinear(nn.Module):
@@ -93,9 +107,19 @@ class BatchedLinear(nn.Module):
         self.weight = nn.Parameter(torch.zeros(n_seeds, out_features, in_features, device=device))
         self.bias = nn.Parameter(torch.zeros(n_seeds, out_features, device=device))
         self.own_backward = in_features * out_features >= self.OWN_BACKWARD_MIN
+        self.sgd: dict | None = None
+
+    def fuse_sgd(self, group: dict | None) -> bool:
+        """Let the backward apply plain SGD with ``group``'s rate (see :class:`_BatchedLinearFunction`);
+        only for a large weight whose group has no momentum and no weight decay. True when it does."""
+        self.sgd = group if (group is not None and self.own_backward and group.get("momentum", 0) == 0
+                             and group.get("weight_decay", 0) == 0) else None
+        return self.sgd is not None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.own_backward:
+            if self.sgd is not None and torch.is_grad_enabled():
+                return _BatchedLinearFunction.apply(x, self.weight, self.bias, self.sgd)
             return _BatchedLinearFunction.apply(x, self.weight, self.bias)
         return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.transpose(1, 2))
 
