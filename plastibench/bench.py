@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from . import rng
 from .capture import resolve
 from .engine import Engine
 from .opcount import count_ops
@@ -68,7 +69,6 @@ def step_ops(engine: Engine, step: int) -> int:
     """Aten operations of one eager step (in-task step ``step`` of task 0), host events excluded."""
     offset = engine.task.task_offset(0)
     engine.task.start_segment(0, step)
-    from . import rng
     rng.prepare(engine.ctx.seeds, offset + step, 1)
     engine.clock.set(offset + step, step)
     ops = count_ops(engine.train_step)
