@@ -14,8 +14,9 @@ for non-stationary RL sets β1 = β2 = 0.99 (``lop/rl/cfg/*/ns.yml``): ``--set b
 
 Defaults: β = (0.9, 0.999), ε = 1e-8 (torch's, as the reference configs); ``pmnist`` α = 1e-4, the
 setting plotted in ``lop/permuted_mnist/plots/all_metrics.py`` from the sweep in ``cfg/adam.json``;
-``scr`` α = 1e-3, one value of the sweep 0.01/0.003/0.001 in
-``lop/slowly_changing_regression/cfg/adam/bp/relu.json`` (the repository does not single out one).
+``scr`` α = 1e-3, **plastibench's choice** of one value of the sweep 0.01/0.003/0.001 in
+``lop/slowly_changing_regression/cfg/adam/bp/relu.json`` (the repository does not single out one;
+not tuned here).
 """
 
 from dataclasses import replace

@@ -5,8 +5,9 @@ decoupled AdamW-style decay), applied to every weight and bias.
 
 Defaults (Dohare et al. 2024 reference configs): ``pmnist`` λ = 1e-4, the value plotted in
 ``lop/permuted_mnist/plots/all_metrics.py`` from the sweep in ``cfg/l2.json``; ``scr`` λ = 1e-3,
-one value of the sweep 1e-6…1 in ``lop/slowly_changing_regression/cfg/sgd/bp/relu_wd.json``
-(the repository does not single out one); ``cimagenet`` λ = 3e-6 with the config's own step size
+**plastibench's choice**, one value of the sweep 1e-6…1 in
+``lop/slowly_changing_regression/cfg/sgd/bp/relu_wd.json`` (the repository does not single out one,
+and the value was not tuned here); ``cimagenet`` λ = 3e-6 with the config's own step size
 0.03 instead of the protocol's 0.01 (``lop/imagenet/cfg/l2.json``; ``lr`` = 0 keeps the protocol's
 rate); ``icifar100`` λ = 5e-4, the rate every CIFAR config already uses (the paper has no separate
 L2 run there, so ``l2`` equals ``bp`` on that task).

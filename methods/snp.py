@@ -6,8 +6,9 @@ output layer included (``lop/algos/bp.py::Backprop.perturb``). This differs from
 (2020), who shrink and perturb once at each task boundary.
 
 Defaults (reference configs): ``pmnist`` λ = 1e-4, σ = 1e-5 (``cfg/snp.json``, setting plotted in
-``plots/all_metrics.py``); ``scr`` λ = 1e-2 (``cfg/sgd/bp/relu_snp.json``), σ = 1e-4, one value of
-that file's sweep 1e-6…1e-1; ``cimagenet`` λ = 1e-5, σ = 1e-5 (``lop/imagenet/cfg/snp.json``);
+``plots/all_metrics.py``); ``scr`` λ = 1e-2 (``cfg/sgd/bp/relu_snp.json``), σ = 1e-4, **plastibench's
+choice** of one value of that file's sweep 1e-6…1e-1 (the repository does not single out one; not
+tuned here); ``cimagenet`` λ = 1e-5, σ = 1e-5 (``lop/imagenet/cfg/snp.json``);
 ``icifar100`` λ = 5e-4 (every CIFAR config's rate), σ = 1e-5 on all parameters, BatchNorm's included
 (``cfg/shrink_and_perturb.json``, ``inject_noise``).
 """

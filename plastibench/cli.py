@@ -27,7 +27,7 @@ from .data.paths import DataUnavailable
 from .engine import Preempted
 from .errors import CheckpointUnreadable, RunFileError, StartupInterrupted, UsageError
 from .registry import METHODS, TASKS, UnknownName
-from .runner import execute, plan, parse_overrides, resolve_capture, resolve_device
+from .runner import execute, plan, parse_overrides, resolve_capture, resolve_device, split_task_options
 
 class FaultsGroup(typer.core.TyperGroup):
     """The top-level command group: user-facing errors that escape a command end in one line.
@@ -88,7 +88,9 @@ def run(
     seeds: Annotated[Optional[str], typer.Option(help="Seeds, e.g. 0-9, 2 or 0,3,5. Default: the protocol's "
                                                  "default count, from 0.")] = None,
     set_: Annotated[list[str], typer.Option("--set", help="Hyperparameter override KEY=VALUE (every method "
-                                            "that has KEY) or METHOD.KEY=VALUE; repeatable.")] = [],
+                                            "that has KEY) or METHOD.KEY=VALUE; task.KEY=VALUE chooses a "
+                                            "task option (`plastibench show task NAME`), which changes the "
+                                            "protocol's hash; repeatable.")] = [],
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     out: Annotated[Path, typer.Option(help="Root of the run directories.")] = Path("runs"),
     data_dir: Annotated[Optional[Path], typer.Option(help="Dataset root (else $PLASTIBENCH_DATA, else the "
@@ -136,8 +138,9 @@ def run(
             raise UsageError(f"--method {method!r} names no method; write e.g. --method bp,cbp")
         dev = resolve_device(device)
         resolve_capture(capture, dev)
-        overrides = parse_overrides(set_, methods)
-        plans = [plan(m, task, protocol, seeds, overrides[m], out) for m in methods]
+        task_options, method_items = split_task_options(set_)
+        overrides = parse_overrides(method_items, methods)
+        plans = [plan(m, task, protocol, seeds, overrides[m], out, task_options) for m in methods]
         _check_dir("--data-dir", data_dir)
         _check_dir("--out", out)
     except (UnknownName, UsageError) as exc:
@@ -397,10 +400,13 @@ def show_method(name: str):
 
 @show_app.command("task")
 def show_task(name: str):
-    """A task's description and its protocols with their hashes."""
+    """A task's description, its options (--set task.KEY=VALUE) and its protocols with their hashes."""
     cls = _lookup(TASKS, name)
     console = Console()
     console.print(_module_doc(cls), highlight=False, markup=False)
+    for key, values in cls.options.items():
+        console.print(f"\noption task.{key}: {' | '.join(values)} (default {values[0]})", highlight=False,
+                      markup=False)
     for p in cls.protocols.values():
         console.print(f"\n[bold]{p.name}[/] ({p.hash}): {p.description}")
         console.print(json.dumps(p.to_dict(), indent=2), highlight=False, markup=False)

@@ -195,6 +195,11 @@ def entry_from_run(run_dir: Path, tuning: str = DEFAULT_TUNING, allow_unverified
         in_tree = METHODS.in_tree(method)
     except UnknownName as exc:
         raise LeaderboardError(f"{run_dir}: {exc.args[0]}") from None
+    options = (read_yaml(run_dir / "config.yaml") or {}).get("task_options")
+    if options:
+        chosen = ", ".join(f"task.{k}={v}" for k, v in options.items())
+        raise LeaderboardError(f"{run_dir}: the run chose task options ({chosen}); the leaderboard ranks only "
+                               "the registered protocols, so re-run without them")
     if summary["protocol_hash"] != proto.hash:
         raise LeaderboardError(f"{run_dir}: protocol hash {summary['protocol_hash']} is not the registry's "
                                f"{proto.hash} for {task}/{name}; re-run with the current protocol")

@@ -14,6 +14,7 @@ from .engine import Engine, Progress
 from .errors import StartupInterrupted, UsageError
 from .identity import code_digest, run_lock
 from .memory import check_fits
+from .protocol import Protocol
 from .registry import METHODS, TASKS
 from .results import (ResultError, environment, load_summary, run_config, run_dir, write_end_of_run,
                       write_yaml)
@@ -42,6 +43,28 @@ def parse_seeds(text: str | None, default_count: int) -> list[int]:
     except ValueError:
         raise UsageError(f"--seeds {text!r} is not a list of seeds; write e.g. 0-9, 2 or 0,3,5") from None
     return sorted(seeds)
+
+
+def split_task_options(items: Sequence[str]) -> tuple[dict[str, str], list[str]]:
+    """``--set`` items -> (``task.KEY=VALUE`` as {KEY: VALUE}, the method overrides left)."""
+    options, rest = {}, []
+    for item in items:
+        key, eq, value = item.partition("=")
+        if key.startswith("task."):
+            if not eq or key == "task.":
+                raise UsageError(f"--set {item!r}: write task.KEY=VALUE")
+            options[key[len("task."):]] = value
+        else:
+            rest.append(item)
+    return options, rest
+
+
+def task_protocol(task_cls: type[Task], name: str, options: Mapping[str, str]) -> Protocol:
+    """The registered protocol ``name`` of ``task_cls`` with the task options chosen."""
+    try:
+        return task_cls.with_options(task_cls.protocol(name), options)
+    except ValueError as exc:
+        raise UsageError(f"--set task.*: {exc}") from None
 
 
 def parse_overrides(items: Sequence[str], methods: Sequence[str]) -> dict[str, dict[str, str]]:
@@ -132,14 +155,17 @@ def has_data(task_cls: type[Task]) -> bool:
 
 
 def plan(method: str, task: str, protocol: str, seeds: str | None, overrides: Mapping[str, str],
-         out: Path) -> Plan:
+         out: Path, task_options: Mapping[str, str] | None = None) -> Plan:
     method_cls, task_cls = METHODS.get(method), TASKS.get(task)
-    proto = task_cls.protocol(protocol)
+    proto = task_protocol(task_cls, protocol, task_options or {})
     try:
         hparams = method_cls.hparams_for(task, overrides)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     config = run_config(method, hparams, proto, parse_seeds(seeds, proto.default_seeds))
+    chosen = {k: v for k, v in proto.settings.items() if k in task_cls.options}
+    if chosen:  # absent when none is chosen, so that the identities of earlier runs stay
+        config["task_options"] = chosen
     config["code_digest"] = code_digest(method_cls, task_cls)
     p = Plan(method, hparams, config, None, Path(out))
     if not has_data(task_cls):
@@ -177,7 +203,7 @@ def execute(p: Plan, *, device: torch.device, data_dir=None, verify: bool = True
     finished run in place. ``p.cached`` tells whether the result was only read.
     """
     task_cls, method_cls = TASKS.get(p.config["task"]), METHODS.get(p.method)
-    proto = task_cls.protocol(p.config["protocol"])
+    proto = task_protocol(task_cls, p.config["protocol"], p.config.get("task_options", {}))
     task = None
     try:
         check_fits(p.method, method_cls, p.hparams, task_cls, proto, len(p.config["seeds"]), device,

@@ -14,10 +14,12 @@ the seeds beside it.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
 import torch
+
 
 from .protocol import Protocol
 from .registry import UnknownName
@@ -31,6 +33,9 @@ class Task:
     protocols: ClassVar[dict[str, Protocol]] = {}
     plot_bin_tasks: ClassVar[int | None] = None  # tasks per plotted bin, as the paper bins
     online: ClassVar[bool] = False  # every step sees fresh examples (plots add an examples axis)
+    # Protocol settings a user may choose with ``--set task.KEY=VALUE``: KEY -> allowed values, the
+    # first being what every protocol means when the setting is absent.
+    options: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     def __init__(self, protocol: Protocol, seeds: torch.Tensor, *, data_dir: str | Path | None = None,
                  verify: bool = True):
@@ -47,6 +52,27 @@ class Task:
         if name not in cls.protocols:
             raise UnknownName("protocol", name, sorted(cls.protocols), where=f" for task {cls.name!r}")
         return cls.protocols[name]
+
+    @classmethod
+    def with_options(cls, protocol: Protocol, options: Mapping[str, str]) -> Protocol:
+        """``protocol`` with the settings ``options`` chooses (``--set task.KEY=VALUE``).
+
+        A chosen value enters ``settings`` and so the protocol's hash; a value equal to the default
+        is left out, so that the protocol stays the registered one. Raises ValueError on an unknown
+        key or value, naming the allowed ones.
+        """
+        chosen = {}
+        for key, value in options.items():
+            if key not in cls.options:
+                known = ", ".join(sorted(cls.options)) or "none"
+                raise ValueError(f"task {cls.name!r} has no option {key!r} (its options: {known})")
+            if value not in cls.options[key]:
+                raise ValueError(f"task option {key}={value!r}: choose one of {', '.join(cls.options[key])}")
+            if value != cls.options[key][0]:
+                chosen[key] = value
+        if not chosen:
+            return protocol
+        return dataclasses.replace(protocol, settings={**protocol.settings, **chosen})
 
     # ----- what a task implements -----
     def network(self, seeds: torch.Tensor | None = None) -> torch.nn.Module:
