@@ -79,10 +79,21 @@ Deliberate choices where the reference code departs from the paper (each offered
 * ``reset_optimizer_state`` (default off = reference): the reference resets state only with its
   AdamGnT optimizer, which no shipped config uses; SGD momentum and torch-Adam moments are never
   touched (ResGnT never resets any). True zeroes every per-element optimizer state of the unit's
-  incoming and outgoing weights (and of its BN weight and bias). (AdamGnT's own update,
-  lr·(1−β2^t)·m/(√v+ε), is not standard Adam; we use torch's.)
+  incoming and outgoing weights (and of its BN weight and bias).
 * SCR's config sets ``maturity_threshold`` 100 but ``expr.py`` ignores it and runs m = 10: the
   ``scr`` default is 10, what ran; pass ``--set maturity_threshold=100`` for the config's value.
+
+Optimizer (``optimizer``): "default" keeps the optimizer the protocol or another part chooses (SGD;
+torch's Adam in ``cbp+adam``). "adamgnt" is the reference's CBP with Adam (``opt='adam'`` in
+``lop/algos/cbp.py`` / ``convCBP.py``): :class:`plastibench.optim.AdamGnT`, whose update is
+θ ← θ − lr·(1−β2^t)·m/(√v+ε) with a step count t per element (not Adam's bias correction), with
+the lr, betas, ε and weight decay of the chosen optimizer (``cbp``: the protocol's lr, β = (0.9,
+0.999), ε = 1e-8; ``cbp+adam``: adam's) and no momentum. As ``GnT.update_optim_params`` does for
+AdamGnT, after each replacement m, v and t of the unit's incoming weights and bias and outgoing
+weights are zeroed (whatever ``reset_optimizer_state`` says); the next layer's bias keeps its state.
+Deliberate deviations: ConvGnT forgets to zero m of a conv unit's incoming weights (it zeroes
+their v and t); we zero it as GnT does. ResGnT has no AdamGnT branch; ``resgnt`` resets as GnT.
+The default is "default" on every task: no shipped CBP config sets ``opt='adam'``.
 
 Per-task defaults (reference configs): ``scr`` ρ = 1e-4 (**plastibench's choice** from the sweep
 1e-6…1e-2 in ``cfg/sgd/cbp/relu.json``, which singles out none; not tuned here), m = 10, η = 0.99, adaptable contribution, Bernoulli count, kaiming
@@ -98,6 +109,7 @@ layer count, kaiming-normal init.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 
@@ -163,6 +175,7 @@ class ContinualBackprop(Method):
         "next_bias_correction": False,
         "reset_optimizer_state": False,
         "variant": "gnt",
+        "optimizer": "default",
     }
     task_defaults = {
         "scr": {"replacement_rate": 1e-4, "maturity_threshold": 10, "utility": "adaptable_contribution",
@@ -179,6 +192,7 @@ class ContinualBackprop(Method):
     bounds = {"replacement_rate": UNIT, "maturity_threshold": NON_NEGATIVE, "decay_rate": UNIT_OPEN}
     choices = {
         "variant": ("gnt", "resgnt"),
+        "optimizer": ("default", "adamgnt"),
         "utility": ("contribution", "zero_contribution", "adaptable_contribution", "weight"),
         "count_rule": ("accumulate", "bernoulli", "layer"),
         "init": ("kaiming", "default", "lecun", "xavier", "kaiming_normal"),
@@ -187,6 +201,15 @@ class ContinualBackprop(Method):
     def __init__(self, hparams, run):
         # hyperparameters not given (e.g. ``variant`` by callers written before it existed) take the defaults
         super().__init__({**self.defaults, **hparams}, run)
+
+    def optimizer_spec(self, spec):
+        """AdamGnT with the chosen optimizer's lr, betas, ε and weight decay, when asked."""
+        if self.hp["optimizer"] == "adamgnt":
+            return replace(spec, name="adamgnt", momentum=0.0)
+        return spec
+
+    def _resets_optimizer_state(self) -> bool:
+        return self.hp["reset_optimizer_state"] or self.hp["optimizer"] == "adamgnt"
 
     def _check_variant(self) -> None:
         hp = self.hp
@@ -318,7 +341,7 @@ class ContinualBackprop(Method):
             group.outgoing_bias.add_((w_out * (mean_act.gather(1, idx) * valid).unsqueeze(-1)).sum(1))
         bound = _bound(self.hp["init"], group)
         group.reinitialise(idx, valid, bound * draws["init"].at(step))
-        if self.hp["reset_optimizer_state"]:
+        if self._resets_optimizer_state():
             group.reset_optimizer_state(self.run.optimizer, idx, valid)
         replaced = torch.zeros_like(state["age"], dtype=torch.bool).scatter_(1, idx, valid)
         for name in ("util", "mean_act", "age"):
@@ -343,7 +366,7 @@ class ContinualBackprop(Method):
             chosen.append((idx, torch.arange(k_max, device=idx.device) < k.unsqueeze(1)))
         for group, state, draws, (idx, valid) in zip(self.groups, self.state, self.draws, chosen):
             group.reinitialise(idx, valid, draws["init"].at(step))  # W_in ~ N, bias 0, W_out 0, BN reset
-            if self.hp["reset_optimizer_state"]:
+            if self._resets_optimizer_state():
                 group.reset_optimizer_state(self.run.optimizer, idx, valid)
             replaced = torch.zeros_like(state["age"], dtype=torch.bool).scatter_(1, idx, valid)
             state["age"].masked_fill_(replaced, 0)  # feature_mag is kept, as ResGnT

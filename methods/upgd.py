@@ -40,9 +40,10 @@ place) live in the optimizer's per-parameter state and are checkpointed with it;
 nothing itself. Composed with a unit re-initialiser
 (``cbp+upgd`` with ``reset_optimizer_state``) the traces of the re-initialised weights are zeroed,
 so those weights get ū = ½ until their traces grow again. The protocol's SGD settings (step size,
-momentum, weight decay) are not used: UPGD has its own η and λ and no momentum. On ``icifar100``
-the task's schedule scales η as it scales the protocol's rate (×0.2 at epochs 60, 120, 160 of each
-increment, from η).
+momentum, weight decay) are not used: UPGD has its own η and λ and no momentum; a composition in
+which another part asks for another optimizer (``cbp+upgd`` with ``cbp.optimizer=adamgnt``) is
+refused. On ``icifar100`` the task's schedule scales η as it scales the protocol's rate (×0.2 at
+epochs 60, 120, 160 of each increment, from η).
 
 Defaults: the official repository's final settings for FirstOrderGlobalUPGD
 (``experiments/statistics_*.py``, ``upgd2_grid``, the runs behind the paper's figures); UPGD was
@@ -63,7 +64,7 @@ import torch
 
 from plastibench import rng
 from plastibench.clock import StepClock
-from plastibench.method import NON_NEGATIVE, POSITIVE, UNIT_OPEN, Method
+from plastibench.method import NON_NEGATIVE, POSITIVE, UNIT_OPEN, HyperparameterError, Method
 from plastibench.registry import register_method
 
 
@@ -147,6 +148,9 @@ class UPGD(Method):
     }
 
     def build_optimizer(self, params, spec):
+        if spec.name != self.run.protocol.optimizer.name:  # e.g. cbp+upgd with cbp.optimizer=adamgnt
+            raise HyperparameterError(f"upgd replaces the optimizer, so it cannot run the {spec.name!r} "
+                                      "that another part of this composition asks for")
         names = {id(p): n for n, p in self.run.net.named_parameters()} if self.run.net is not None else {}
         purposes = [names.get(id(p), f"param{i}") for i, p in enumerate(params)]
         return UPGDOptimizer(params, self.run.seeds, purposes, lr=self.hp["lr"],

@@ -4,7 +4,9 @@
 part's hooks in the order written:
 
 * ``configure_network`` and ``optimizer_spec`` are chained (each part gets the previous part's result;
-  the part that changes the architecture configures the network first);
+  the part that changes the architecture configures the network first, the part that chooses the
+  optimizer sets its spec first, so that ``cbp+adam`` with ``cbp.optimizer=adamgnt`` turns adam's
+  Adam into AdamGnT);
 * ``build_optimizer`` comes from the one part that overrides it (at most one may), else the
   protocol's optimizer from the chained spec;
 * ``loss_term`` is the sum of the parts' terms; ``on_task_start`` and ``after_step`` run in order;
@@ -111,7 +113,9 @@ class Composite(Method):
         return net
 
     def optimizer_spec(self, spec: OptimizerSpec) -> OptimizerSpec:
-        for c in self.components:
+        # The part that chooses the optimizer goes first; the others adjust its choice (weight decay,
+        # cbp's AdamGnT), in the order written.
+        for c in sorted(self.components, key=lambda c: "optimizer" not in c.claims):
             spec = c.optimizer_spec(spec)
         return spec
 

@@ -5,7 +5,8 @@ over all parameters, without the per-call bookkeeping of ``Optimizer.step``'s wr
 records, grad-mode switches), which on a small net costs as much as the update. PyTorch's Adam keeps the step count on the host unless ``capturable=True``, which
 PyTorch allows on CUDA only; :class:`DeviceAdam` is torch's Adam with the step count and the bias
 corrections on the parameters' device, on every device, so that the CPU checks of the conformance
-suite test the same step that a CUDA graph replays.
+suite test the same step that a CUDA graph replays. :class:`AdamGnT` is the reference's Adam for
+continual backprop, whose step counter is per element so that it can be reset per unit.
 """
 
 from __future__ import annotations
@@ -110,10 +111,57 @@ class DeviceAdam(torch.optim.Adam):
                 state["step"] = torch.as_tensor(state["step"], dtype=torch.float64).to(state["exp_avg"].device)
 
 
+class AdamGnT(torch.optim.Optimizer):
+    """The Adam of continual backprop with Adam (``lop/utils/AdamGnT.py``, which ``lop/algos/cbp.py``
+    and ``convCBP.py`` build for ``opt='adam'``), as its code executes. Per element, every step:
+
+        g ← ∇ + λθ;  t ← t + 1;  m ← β1·m + (1−β1)·g;  v ← β2·v + (1−β2)·g²
+        θ ← θ − lr·(1−β2^t)·m / (√v + ε)
+
+    Not Adam's bias correction: the reference computes √(1−β2^t)/(1−β1^t) and drops it
+    (``bias_correction.sqrt().div_(...)`` is not in place), so m is not corrected and the step is
+    scaled by 1−β2^t itself (0.3 % of Adam's first step at β = (0.9, 0.999)). The step count t
+    is a tensor of θ's shape and dtype, so that ``lop/algos/gnt.py`` can zero it with m and v for
+    a replaced unit's weights (:meth:`plastibench.units.UnitGroup.reset_optimizer_state` zeroes
+    every state tensor of θ's shape). It is ``state["steps"]``, not the reference's ``"step"``:
+    torch's ``load_state_dict`` leaves a ``"step"`` on the device it was saved from, but moves
+    any other state to θ's device and dtype. The update runs as the reference's
+    ``θ.addcdiv_(1−β2^t, (√v+ε)/m, value=−lr)`` (bit for bit), so an element with m = 0 stays.
+    No AMSGrad (a reference option that nothing uses).
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = _evaluate(closure)
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    for key in ("steps", "exp_avg", "exp_avg_sq"):
+                        state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                step, m, v = state["steps"], state["exp_avg"], state["exp_avg_sq"]
+                grad = p.grad if wd == 0 else p.grad.add(p, alpha=wd)
+                step.add_(1)
+                m.mul_(beta1).add_(grad, alpha=1 - beta1)
+                v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                p.addcdiv_(1 - torch.pow(beta2, step), v.sqrt().add_(eps).div_(m), value=-lr)
+        return loss
+
+
 def make_optimizer(params: list[torch.Tensor], spec: OptimizerSpec) -> torch.optim.Optimizer:
-    """:class:`DeviceSGD` or :class:`DeviceAdam`: both act element-wise, so seeds stay independent."""
+    """:class:`DeviceSGD`, :class:`DeviceAdam` or :class:`AdamGnT` (``spec.name`` "adamgnt", which
+    only ``cbp``'s ``optimizer`` asks for): all act element-wise, so seeds stay independent."""
     if spec.name == "sgd":
         return DeviceSGD(params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
     if spec.name == "adam":
         return DeviceAdam(params, lr=spec.lr, betas=spec.betas, eps=spec.eps, weight_decay=spec.weight_decay)
-    raise ValueError(f"unknown optimizer {spec.name!r}; known: sgd, adam")
+    if spec.name == "adamgnt":
+        return AdamGnT(params, lr=spec.lr, betas=spec.betas, eps=spec.eps, weight_decay=spec.weight_decay)
+    raise ValueError(f"unknown optimizer {spec.name!r}; known: sgd, adam, adamgnt")
