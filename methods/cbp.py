@@ -96,8 +96,8 @@ their v and t); we zero it as GnT does. ResGnT has no AdamGnT branch; ``resgnt``
 The default is "default" on every task: no shipped CBP config sets ``opt='adam'``.
 
 Per-task defaults (reference configs): ``scr`` ρ = 1e-4 (**plastibench's choice** from the sweep
-1e-6…1e-2 in ``cfg/sgd/cbp/relu.json``, which singles out none; not tuned here), m = 10, η = 0.99, adaptable contribution, Bernoulli count, kaiming
-init; ``pmnist`` ρ = 1e-6 (the setting plotted in ``plots/all_metrics.py``), m = 100, η = 0.99,
+1e-6…1e-2 in ``cfg/sgd/cbp/relu.json``, which singles out none; not tuned here), m = 10, η = 0.99,
+adaptable contribution, Bernoulli count, kaiming init; ``pmnist`` ρ = 1e-6 (the setting plotted in ``plots/all_metrics.py``), m = 100, η = 0.99,
 adaptable contribution, accumulated count, kaiming init; ``cimagenet`` (``lop/imagenet/cfg/cbp.json``,
 ``single_expr.py`` passes ``init='default'``) gnt, ρ = 3e-4, m = 100, η = 0.99, adaptable
 contribution, layer count, default init (U(±√(1/fan_in)) for linear units; convs use it anyway);
