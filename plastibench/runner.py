@@ -180,6 +180,13 @@ def clear_results(directory: Path) -> None:
         (directory / name).unlink(missing_ok=True)
 
 
+def remove_if_unused(directory: Path) -> None:
+    """Remove a run directory that holds nothing but its lock (a run refused before it started)."""
+    if {f.name for f in directory.iterdir()} <= {".lock"}:
+        (directory / ".lock").unlink(missing_ok=True)
+        directory.rmdir()
+
+
 RESTART_FILES = ("checkpoint.pt", "metrics.csv", "summary.yaml")
 
 
@@ -241,6 +248,9 @@ def execute(p: Plan, *, device: torch.device, data_dir=None, verify: bool = True
             write_yaml(p.directory / "environment.yaml", env)
         except KeyboardInterrupt:
             raise StartupInterrupted() from None
+        except ValueError as exc:  # a configuration the method or task refuses once built
+            remove_if_unused(p.directory)
+            raise UsageError(f"{p.method} on {p.config['task']}/{p.config['protocol']}: {exc}") from None
         write_end_of_run(p.directory, engine.run(on_progress))
         p.cached = False
         return load_summary(p.directory, locked=True)

@@ -27,9 +27,11 @@ SCR = TASKS.get("scr")
 
 # The reference code's mean squared error over the first 10 000 examples of runs 0-4 (bp, relu, SGD 0.01).
 FIRST_PERIOD = {0: None, 1: None, 2: None, 3: None, 4: None}
-# Its target output summed over the first 10 000 examples, and the slow bits of period 99, run 0.
-FIRST_TARGET_SUM_RUN0 = None
-SLOW_BITS_PERIOD99_RUN0 = None
+# Run 0's data: its target output summed over the first 10 000 examples; period 99's slow bits, and
+# its first example's fast bits and target (row 990 000 of the reference's X and Y).
+FIRST_TARGET_SUM_RUN0 = -4016.0
+SLOW_BITS_PERIOD99_RUN0 = [1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+ROW_990000_RUN0 = ([1.0, 1.0, 0.0, 1.0, 1.0], 0.0)
 
 
 def smoke_run(out, *extra: str):
@@ -53,6 +55,9 @@ def test_reference_data_are_the_reference_generators():
     assert float(task.y[0].sum()) == FIRST_TARGET_SUM_RUN0
     assert task.reference.slow[0, 99].tolist() == SLOW_BITS_PERIOD99_RUN0
     assert set(task.x.unique().tolist()) == {0.0, 1.0}
+    task.start_task(99)  # a jump: the fast bits of periods 1-98 are drawn and dropped
+    assert task.x[0, 0, :15].tolist() == SLOW_BITS_PERIOD99_RUN0
+    assert (task.x[0, 0, 15:].tolist(), float(task.y[0, 0, 0])) == ROW_990000_RUN0
 
 
 def test_bp_reproduces_the_reference_codes_first_period_per_seed(tmp_path):
@@ -127,3 +132,11 @@ def test_a_bad_task_option_is_a_usage_error(tmp_path, item, message):
     text = assert_clean_exit(smoke_run(tmp_path / "runs", "--set", item), 2)
     assert message in text
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_configuration_refused_at_build_is_a_usage_error_and_leaves_no_run(tmp_path):
+    result = CliRunner().invoke(app, ["run", "-m", "cbp+upgd", "-t", "scr", "-p", "smoke", "--device", "cpu",
+                                      "--out", str(tmp_path / "runs"), "--set", "cbp.optimizer=adamgnt"])
+    text = assert_clean_exit(result, 2)
+    assert text.startswith("Error: cbp+upgd on scr/smoke:") and "Traceback" not in text
+    assert not list((tmp_path / "runs").rglob("cbp+upgd-*"))
