@@ -4,6 +4,7 @@ and the user path ``data import imagenet32`` -> ``run --task cimagenet`` on offi
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from types import SimpleNamespace
 
 import numpy as np
@@ -13,7 +14,8 @@ import yaml
 from typer.testing import CliRunner
 
 from plastibench.cli import app
-from plastibench.data.imagenet32 import load_imagenet32_store
+from plastibench.data.imagenet32 import import_reference_archive, load_imagenet32_store
+from plastibench.data.paths import DataUnavailable
 from plastibench.engine import Engine
 from plastibench.method import Method
 from plastibench.registry import METHODS, TASKS
@@ -154,7 +156,7 @@ def test_import_then_run_bp_and_cbp_on_the_smoke_protocol(tmp_path, imagenet32_w
     assert len(summaries) == 2
     env = yaml.safe_load((summaries[0].parent / "environment.yaml").read_text())
     record = env["data"]["imagenet32"]
-    assert record["classes"] == 4 and record["verified"] is False and record["input_scale"] == 1 / 255
+    assert record["classes"] == 4 and record["verified"] is False and record["input_transform"] == "div255"
 
 
 def test_missing_store_exits_1_naming_the_import_commands(tmp_path):
@@ -164,3 +166,106 @@ def test_missing_store_exits_1_naming_the_import_commands(tmp_path):
     text = " ".join(result.output.split())
     assert "Traceback" not in text and "plastibench data import imagenet32" in text
     assert "image-net.org" in text
+
+
+# --------------------------------------------------------------------------------------------
+# inputs: the protocol's input_transform, checked against the store and recorded (issue 11 item 5)
+# --------------------------------------------------------------------------------------------
+
+def archive_of(tiny_root, tmp_path, values) -> tuple:
+    """A reference-archive store holding ``values(x)`` of the tiny store's uint8 images, and those arrays."""
+    src = tmp_path / "archive-src"
+    (src / "classes").mkdir(parents=True)
+    images = store_images(tiny_root).numpy()
+    for c, x in enumerate(images):
+        np.save(src / "classes" / f"{c}.npy", values(x))
+    import_reference_archive(src, tmp_path / "archive")
+    return tmp_path / "archive", np.stack([values(x) for x in images])
+
+
+def with_transform(protocol, name):
+    return dataclasses.replace(protocol, settings={**protocol.settings, "input_transform": name})
+
+
+def test_the_input_transform_is_a_hashed_protocol_setting():
+    protocols = TASKS.get("cimagenet").protocols
+    assert {n: p.settings["input_transform"] for n, p in protocols.items()} == {
+        "paper": "div255", "short": "div255", "smoke": "div255",
+        "paper-archive": "as_stored", "short-archive": "as_stored"}
+    assert with_transform(SMOKE, "as_stored").hash != SMOKE.hash
+    for name in ("paper", "short"):  # the -archive twin differs in its transform (and name) only
+        twin = protocols[name + "-archive"]
+        assert dataclasses.replace(twin, name=name, description=protocols[name].description) == \
+            with_transform(protocols[name], "as_stored")
+        assert twin.hash != protocols[name].hash
+
+
+def fed_and_stored(task, arrays: torch.Tensor) -> tuple[set, set]:
+    """The first batch's inputs, and the images of its classes' training rows, as sets of flat tuples."""
+    task.start_task(0)
+    x, y = batch_at(task, 0, 0)
+    classes = task.pair.gather(1, y).flatten().tolist()
+    per_class = task.protocol.settings["train_per_class"]
+    return ({tuple(v.flatten().tolist()) for v in x.flatten(0, 1)},
+            {tuple(arrays[c, r].flatten().tolist()) for c in set(classes) for r in range(per_class)})
+
+
+def test_the_transform_is_applied_as_named_whatever_the_store_dtype(tiny_imagenet32, tmp_path):
+    pixels = store_images(tiny_imagenet32)
+    divided = pixels.float() * (1 / 255)
+    for root in (tiny_imagenet32, archive_of(tiny_imagenet32, tmp_path / "a", lambda x: x.astype(np.float32))[0]):
+        fed, stored = fed_and_stored(make_task(root), divided)  # uint8 store, float32 store of 0..255 pixels
+        assert fed and fed <= stored
+    centred, arrays = archive_of(tiny_imagenet32, tmp_path / "b", lambda x: (x / 255 - 0.4).astype(np.float32))
+    fed, stored = fed_and_stored(make_task(centred, protocol=with_transform(SMOKE, "as_stored")),
+                                 torch.from_numpy(arrays))
+    assert fed <= stored and min(min(v) for v in fed) < 0  # fed unchanged
+
+
+@pytest.mark.parametrize("protocol, values, words", [
+    ("paper-archive", None, ["Protocol paper-archive", "'as_stored'", "[0, 2", "Imagenet32 official batches, uint8",
+                             "protocol paper (input_transform 'div255'"]),
+    ("paper", lambda x: (x / 255 - 0.4).astype(np.float32),
+     ["Protocol paper has input_transform 'div255'", "reference archive, float32", "protocol paper-archive"]),
+    ("smoke", lambda x: (x / 255).astype(np.float64), ["'div255'", "float64", "[0, 0.9"]),  # already scaled
+])
+def test_a_store_that_disagrees_with_the_transform_is_refused_saying_what_to_do(
+        tiny_imagenet32, tmp_path, protocol, values, words):
+    root = tiny_imagenet32 if values is None else archive_of(tiny_imagenet32, tmp_path, values)[0]
+    with pytest.raises(DataUnavailable) as info:
+        make_task(root, protocol=TASKS.get("cimagenet").protocol(protocol))
+    message = str(info.value)
+    assert all(w in message for w in words), message
+    assert "plastibench data import" in message
+
+
+@pytest.fixture(scope="module")
+def archive_run(tiny_imagenet32, tmp_path_factory):
+    """bp on smoke, seeds 0-1, run through the CLI on a reference-archive store of float32 0..255
+    pixels: (run directory, the store's arrays)."""
+    tmp = tmp_path_factory.mktemp("archive-run")
+    pixels, arrays = archive_of(tiny_imagenet32, tmp, lambda x: x.astype(np.float32))
+    result = invoke("run", "--method", "bp", "--task", "cimagenet", "--protocol", "smoke", "--seeds", "0-1",
+                    "--device", "cpu", "--data-dir", str(pixels), "--no-verify", "--out", str(tmp / "runs"))
+    assert result.exit_code == 0, result.output
+    return next((tmp / "runs").glob("cimagenet/smoke/bp-*")), arrays
+
+
+def test_the_run_records_the_source_range_and_transform(tiny_imagenet32, archive_run):
+    run_dir, arrays = archive_run
+    archive = yaml.safe_load((run_dir / "environment.yaml").read_text())["data"]["imagenet32"]
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["data"]["imagenet32"] == archive  # the identity
+    official = make_task(tiny_imagenet32).data_record()["imagenet32"]
+    assert official["source"] == "Imagenet32 official batches" and archive["source"] == "reference archive"
+    assert official["dtype"] == "uint8" and archive["dtype"] == "float32"
+    used = arrays[:, np.r_[0:20, 600:620]]
+    assert archive["value_range"] == official["value_range"] == [float(used.min()), float(used.max())]
+    assert official["input_transform"] == archive["input_transform"] == "div255"
+
+
+def test_run_with_a_mismatching_transform_exits_1_with_the_message(tiny_imagenet32, tmp_path):
+    result = invoke("run", "--method", "bp", "--task", "cimagenet", "--protocol", "short-archive", "--seeds", "0",
+                    "--device", "cpu", "--data-dir", str(tiny_imagenet32), "--no-verify", "--out", str(tmp_path))
+    text = " ".join(result.output.split())
+    assert result.exit_code == 1 and "Traceback" not in text
+    assert "protocol short (input_transform 'div255'" in text
