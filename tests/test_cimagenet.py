@@ -19,7 +19,7 @@ from plastibench.data.paths import DataUnavailable
 from plastibench.engine import Engine
 from plastibench.method import Method
 from plastibench.registry import METHODS, TASKS
-from plastibench.results import run_config
+from plastibench.results import read_metrics, run_config, summarise
 
 CPU = torch.device("cpu")
 SMOKE = TASKS.get("cimagenet").protocol("smoke")
@@ -269,3 +269,61 @@ def test_run_with_a_mismatching_transform_exits_1_with_the_message(tiny_imagenet
     text = " ".join(result.output.split())
     assert result.exit_code == 1 and "Traceback" not in text
     assert "protocol short (input_transform 'div255'" in text
+
+
+# --------------------------------------------------------------------------------------------
+# the score after a chosen task: the paper's backprop ran 2000 of the 5000 tasks (issue 11 item 6)
+# --------------------------------------------------------------------------------------------
+
+def test_the_score_after_task_2000_of_paper_is_the_mean_over_tasks_1801_to_2000():
+    paper = TASKS.get("cimagenet").protocol("paper")
+    g = np.random.default_rng(0)
+    values = g.random((2500, 3))  # [task, seed]; tasks after 2000 must not count
+    records = [{"test_accuracy": v} for v in values]
+    config = run_config("bp", {}, paper, [0, 1, 2])
+    at = summarise(config, paper, records, {}, 0.0, at_task=2000)
+    assert at["per_seed"] == {s: pytest.approx(values[1800:2000, s].mean(), rel=1e-12) for s in range(3)}
+    assert at["at_task"] == 2000 and "last 200 of the first 2000 of 5000 tasks" in at["aggregate"]
+
+
+def test_compare_at_task_through_the_cli_on_finished_and_unfinished_runs(archive_run, tmp_path):
+    bp = tmp_path / "runs" / "bp"
+    shutil.copytree(archive_run[0], bp)
+    # distinct per-task values, so that the window shows: seed s, task t -> (t + 1) / 4 + s / 100
+    rows = (bp / "metrics.csv").read_text().splitlines()
+    edited = [r if r.split(",")[2] != "test_accuracy" else
+              ",".join([*r.split(",")[:3], repr((int(r.split(",")[1]) + 1) / 4 + int(r.split(",")[0]) / 100)])
+              for r in rows]
+    (bp / "metrics.csv").write_text("\n".join(edited) + "\n")
+    unfinished = tmp_path / "unfinished"  # a run holding the tasks asked for is enough
+    shutil.copytree(bp, unfinished)
+    (unfinished / "summary.yaml").unlink()
+    (unfinished / "metrics.csv").write_text("\n".join(r for r in edited if r.split(",")[1] != "2") + "\n")
+    result = invoke("compare", str(bp), str(unfinished), "--at-task", "2", "--markdown")
+    assert result.exit_code == 0, result.output
+    assert "after task 2" in result.output and "last 1 of the first 2 of 3 tasks" in result.output
+    table = [line for line in result.output.splitlines() if line.startswith("| preliminary |")]  # 2 seeds
+    assert len(table) == 2 and all("| 0.5050 [" in row for row in table), table  # task 2: 0.5 and 0.51
+    result = invoke("compare", str(bp), "--markdown")  # without --at-task: the protocol's own window
+    assert result.exit_code == 0 and "| 0.7550 [" in result.output and "after task" not in result.output
+    result = invoke("compare", str(bp), "--at-task", "4")
+    assert result.exit_code == 1 and "from 1 to 3, not 4" in " ".join(result.output.split())
+    result = invoke("compare", str(unfinished), "--at-task", "3")
+    assert result.exit_code == 1 and "does not hold test_accuracy for the first 3 tasks" in \
+        " ".join(result.output.split())
+
+
+def test_the_first_tasks_of_a_run_are_the_run_of_that_length(tiny_imagenet32, tmp_path):
+    """What makes the score after task 2000 of paper the score of the paper's 2000-task runs: the
+    stream's prefix does not depend on n_tasks (every per-task value, diagnostics included, agrees)."""
+    runs = {}
+    for n in (3, 2):
+        protocol = dataclasses.replace(SMOKE, n_tasks=n)
+        Engine(METHODS.get("bp"), {}, TASKS.get("cimagenet"), protocol, [0, 1], device=CPU,
+               directory=tmp_path / str(n), config=run_config("bp", {}, protocol, [0, 1]),
+               data_dir=tiny_imagenet32, verify=False).run()
+        runs[n] = read_metrics(tmp_path / str(n) / "metrics.csv")
+    assert len(runs[3]) > 3 and runs[3].keys() == runs[2].keys()
+    for name, per_seed in runs[2].items():
+        for seed, values in per_seed.items():
+            assert len(values) == 2 and np.array_equal(values, runs[3][name][seed][:2], equal_nan=True), name
