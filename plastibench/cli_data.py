@@ -87,6 +87,7 @@ def import_imagenet32_command(src: SrcDir, data_dir: DataDir = None, verify: Ver
     except (DataUnavailable, OSError) as exc:
         raise fail(str(exc), 1)
     _summary(report)
+    typer.echo("Run it with --task cimagenet --protocol short or paper (input_transform div255: pixels / 255).")
 
 
 @import_app.command("reference-archive")
@@ -95,7 +96,8 @@ def import_reference_command(src: SrcDir, data_dir: DataDir = None):
 
     These are the files the paper's Continual ImageNet used: the Google Drive archive linked
     from lop/imagenet/README.md of the reference repository, extracted into SRC.
-    They are copied unchanged.
+    They are copied unchanged; the protocols short-archive and paper-archive feed them as stored,
+    as the reference does.
     """
     try:
         with _progress() as progress:
@@ -103,6 +105,8 @@ def import_reference_command(src: SrcDir, data_dir: DataDir = None):
     except (DataUnavailable, OSError) as exc:
         raise fail(str(exc), 1)
     _summary(report)
+    typer.echo("Run it with --task cimagenet --protocol short-archive or paper-archive (input_transform "
+               "as_stored: values fed unchanged, as the reference does).")
 
 
 @fetch_app.command("cifar100")

@@ -19,7 +19,7 @@ from . import compare, leaderboard
 from .cli_common import fail
 from .errors import RunFileError
 from .leaderboard import DEFAULT_TUNING, IntegrityError, LeaderboardError
-from .results import ResultError, load_summary, read_yaml
+from .results import ResultError, load_summary, read_yaml, summary_at_task
 from .runfiles import read_run
 from .stats import iqm, iqm_ci95
 
@@ -138,30 +138,37 @@ def verify(
     typer.echo(f"{len(entries)} entries reproduced")
 
 
-def _summary(run_dir: Path) -> dict[str, Any]:
+def _summary(run_dir: Path, at_task: int | None = None) -> dict[str, Any]:
     path = Path(run_dir) / "summary.yaml"
     if not Path(run_dir).is_dir():
         raise fail(f"{run_dir}: not a run directory")
-    if not path.exists():
+    if at_task is None and not path.exists():
         raise fail(f"{run_dir}: no summary.yaml; the run is unfinished")
     try:
-        return load_summary(run_dir)  # recomputed from metrics.csv
+        # recomputed from metrics.csv
+        return load_summary(run_dir) if at_task is None else summary_at_task(run_dir, at_task)
     except (ResultError, RunFileError) as exc:
         raise fail(str(exc), 1)
 
 
 def compare_command(
     run_dirs: Annotated[list[Path], typer.Argument(metavar="RUN_DIR",
-                                                   help="Finished run directories of one task and protocol.")],
+                                                   help="Finished run directories of one task and protocol (with "
+                                                        "--at-task N: runs that hold N tasks).")],
     markdown: Annotated[bool, typer.Option("--markdown", help="Print the table and its notes as Markdown "
                                                                "(for docs) instead of a terminal table.")] = False,
+    at_task: Annotated[Optional[int], typer.Option(
+        "--at-task", min=1, metavar="N",
+        help="Score the first N tasks as the protocol scores a run of N tasks (the mean over the last "
+             "summary fraction of them), e.g. --at-task 2000 on cimagenet/paper for the length of the "
+             "paper's backprop runs. Runs need only N tasks in metrics.csv.")] = None,
 ):
     """Compare finished runs of one task and protocol with the leaderboard's statistics table.
 
     Each method is compared to cbp (or, without a cbp run, to the first directory's method).
     Example: plastibench compare runs/scr/short/* --markdown > table.md
     """
-    summaries = [_summary(d) for d in run_dirs]
+    summaries = [_summary(d, at_task) for d in run_dirs]
     kinds = {(s["task"], s["protocol"], s["protocol_hash"]) for s in summaries}
     if len(kinds) > 1:
         runs = "; ".join(f"{d}: {s['task']}/{s['protocol']} ({s['protocol_hash']})"
@@ -176,32 +183,36 @@ def compare_command(
         rows = compare.statistics_table(results, baseline, first["higher_is_better"])
     except ValueError as exc:
         raise fail(f"{exc}; give each run directory once")
+    title = compare.title(first["task"], first["protocol"], first["protocol_hash"], first["metric"],
+                          first["higher_is_better"])
+    notes = compare.notes(baseline)
+    if at_task is not None:
+        title += f", after task {at_task}"
+        notes = [f"after task {at_task}: per-seed score = {first['aggregate']} (the score of a run of "
+                 f"{at_task} tasks); dead units and effective rank are measured at the end of a run only."] + notes
     if markdown:
-        typer.echo(_markdown(first, rows, baseline))
+        typer.echo(_markdown(title, notes, rows, baseline))
         return
     console = Console()
     if leaderboard.BASELINE not in methods:
         console.print(f"No {leaderboard.BASELINE} run among them: comparing against {baseline} (the first "
                       "directory).", highlight=False, markup=False)
-    table = Table(title=compare.title(first["task"], first["protocol"], first["protocol_hash"], first["metric"],
-                                      first["higher_is_better"]))
+    table = Table(title=title)
     for col in compare.header(baseline):
         table.add_column(Text(col), justify="left" if col == "method" else "right")
     for row in rows:
         table.add_row(*(Text(cell) for cell in compare.cells(row, baseline)))
     console.print(table)
-    console.print("\n".join(compare.notes(baseline)), highlight=False, markup=False)
+    console.print("\n".join(notes), highlight=False, markup=False)
     _print_iqm(console, results)
 
 
-def _markdown(first: dict, rows: list, baseline: str) -> str:
+def _markdown(title: str, notes: list[str], rows: list, baseline: str) -> str:
     """The statistics table as a Markdown pipe table under its title, with the notes as a list."""
     head = compare.header(baseline)
-    title = compare.title(first["task"], first["protocol"], first["protocol_hash"], first["metric"],
-                          first["higher_is_better"])
     lines = [f"**{title}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(compare.cells(row, baseline)) + " |" for row in rows]
-    return "\n".join(lines + [""] + [f"* {note}" for note in compare.notes(baseline)])
+    return "\n".join(lines + [""] + [f"* {note}" for note in notes])
 
 
 def _print_iqm(console: Console, results: list[compare.Result]) -> None:

@@ -90,4 +90,8 @@ class Protocol:
     @property
     def summary_tasks(self) -> int:
         """How many final tasks the per-seed score averages over (at least one)."""
-        return max(1, round(self.n_tasks * self.summary_fraction))
+        return self.summary_tasks_at(self.n_tasks)
+
+    def summary_tasks_at(self, n_tasks: int) -> int:
+        """How many final tasks the score of the first ``n_tasks`` tasks averages over (at least one)."""
+        return max(1, round(n_tasks * self.summary_fraction))

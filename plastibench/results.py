@@ -200,14 +200,22 @@ def read_metrics(path: Path) -> dict[str, dict[int, list[float]]]:
 
 
 def summarise(config: Mapping[str, Any], protocol: Protocol, records: Sequence[Mapping[str, np.ndarray]],
-              final_diagnostics: Mapping[str, np.ndarray], wall_time_s: float) -> dict[str, Any]:
-    """Per-seed score = mean of the per-task metric over the protocol's final window."""
+              final_diagnostics: Mapping[str, np.ndarray], wall_time_s: float,
+              at_task: int | None = None) -> dict[str, Any]:
+    """Per-seed score = mean of the per-task metric over the protocol's final window.
+
+    With ``at_task`` = N, the score the same rule gives the first N tasks: the mean over the last
+    ``protocol.summary_tasks_at(N)`` of them (``records`` must hold at least N tasks)."""
     seeds = config["seeds"]
+    n = protocol.n_tasks if at_task is None else at_task
+    window = protocol.summary_tasks_at(n)
+    records = records[:n]
     values = scored(np.stack([r[protocol.metric] for r in records]), protocol.diverged_score,
                     protocol.higher_is_better)
-    per_seed = values[-protocol.summary_tasks:].mean(0)
+    per_seed = values[-window:].mean(0)
     diverged = diverged_seeds(seeds, records)
     mean, low, high = mean_ci95(per_seed)
+    first = "" if at_task is None else f"the first {n} of "
     return {
         "method": config["method"],
         "task": protocol.task,
@@ -215,8 +223,9 @@ def summarise(config: Mapping[str, Any], protocol: Protocol, records: Sequence[M
         "protocol_hash": protocol.hash,
         "metric": protocol.metric,
         "higher_is_better": protocol.higher_is_better,
-        "aggregate": f"mean of the per-task {protocol.metric} over the last {protocol.summary_tasks} "
-                     f"of {protocol.n_tasks} tasks",
+        "aggregate": f"mean of the per-task {protocol.metric} over the last {window} "
+                     f"of {first}{protocol.n_tasks} tasks",
+        **({} if at_task is None else {"at_task": n}),
         "n_seeds": len(seeds),
         "per_seed": {int(s): float(v) for s, v in zip(seeds, per_seed)},
         "n_diverged": len(diverged),
@@ -283,15 +292,10 @@ def write_end_of_run(run_dir: Path, summary: Mapping[str, Any]) -> None:
                                                       "metrics.csv", **{k: summary[k] for k in END_OF_RUN}})
 
 
-def load_summary(run_dir: Path, *, locked: bool = False, rewrite: bool = True) -> dict[str, Any]:
-    """The summary of a finished run, recomputed from ``metrics.csv`` and ``config.yaml``.
-
-    ``summary.yaml`` is never trusted: what it says is replaced by what the metrics give (a
-    malformed, empty or edited file is rewritten, when ``rewrite`` and the run's lock is free or
-    ``locked`` says the caller holds it). Raises :class:`ResultError` when the metrics do not hold
-    every task of every seed.
-    """
-    run_dir = Path(run_dir)
+def _run_records(run_dir: Path, n_tasks: int | None = None) -> tuple[dict, Protocol, list[dict[str, np.ndarray]]]:
+    """(config, protocol, per-task records of the metric and divergence rows) of the first
+    ``n_tasks`` tasks (default: all the protocol's) of a run, read from ``config.yaml`` and
+    ``metrics.csv``; :class:`ResultError` when the metrics do not hold them for every seed."""
     config = _read_yaml_or_none(run_dir / "config.yaml")
     if not isinstance(config, dict):
         raise ResultError(f"{run_dir}: no readable config.yaml")
@@ -301,19 +305,52 @@ def load_summary(run_dir: Path, *, locked: bool = False, rewrite: bool = True) -
         if isinstance(exc, ResultError):
             raise ResultError(f"{run_dir}/{exc}") from None
         raise ResultError(f"{run_dir}/config.yaml: no usable protocol_spec ({exc})") from None
+    n = protocol.n_tasks if n_tasks is None else n_tasks
     seeds = config.get("seeds")
     try:
         metrics = read_metrics(run_dir / "metrics.csv")
     except (OSError, KeyError, ValueError, AssertionError) as exc:
         raise ResultError(f"{run_dir}/metrics.csv: unreadable ({exc})") from None
+    if not 1 <= n <= protocol.n_tasks:
+        raise ResultError(f"{run_dir}: its protocol {protocol.task}/{protocol.name} has {protocol.n_tasks} "
+                          f"tasks; ask for a task from 1 to {protocol.n_tasks}, not {n}")
     series = metrics.get(protocol.metric, {})
-    short = [s for s in seeds if len(series.get(s, ())) != protocol.n_tasks]
+    if n_tasks is None:  # a finished run holds exactly every task
+        short = [s for s in seeds if len(series.get(s, ())) != n]
+    else:
+        short = [s for s in seeds if len(series.get(s, ())) < n]
     if short or not seeds:
-        raise ResultError(f"{run_dir}/metrics.csv does not hold {protocol.metric} for all "
-                          f"{protocol.n_tasks} tasks of seeds {short or seeds}: the run is unfinished or damaged")
+        what = f"all {n} tasks" if n_tasks is None else f"the first {n} tasks"
+        raise ResultError(f"{run_dir}/metrics.csv does not hold {protocol.metric} for {what} of seeds "
+                          f"{short or seeds}: the run is unfinished or damaged")
     rows = [protocol.metric, *(name for name in ("diverged_at_step",) if name in metrics)]  # divergence
-    records = [{name: np.array([metrics[name][s][t] for s in seeds]) for name in rows}
-               for t in range(protocol.n_tasks)]
+    records = [{name: np.array([metrics[name][s][t] for s in seeds]) for name in rows} for t in range(n)]
+    return config, protocol, records
+
+
+def summary_at_task(run_dir: Path, at_task: int) -> dict[str, Any]:
+    """The score a run's protocol gives its first ``at_task`` tasks (:func:`summarise` with
+    ``at_task``), from ``metrics.csv``; the run may be unfinished. No diagnostics: those are
+    measured at the end of a run only."""
+    config, protocol, records = _run_records(Path(run_dir), at_task)
+    try:
+        summary = summarise(config, protocol, records, {}, 0.0, at_task=at_task)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ResultError(f"{run_dir}/config.yaml: damaged ({type(exc).__name__}: {exc})") from None
+    summary.pop("wall_time_s")
+    return {**summary, "recomputed_from": "metrics.csv"}
+
+
+def load_summary(run_dir: Path, *, locked: bool = False, rewrite: bool = True) -> dict[str, Any]:
+    """The summary of a finished run, recomputed from ``metrics.csv`` and ``config.yaml``.
+
+    ``summary.yaml`` is never trusted: what it says is replaced by what the metrics give (a
+    malformed, empty or edited file is rewritten, when ``rewrite`` and the run's lock is free or
+    ``locked`` says the caller holds it). Raises :class:`ResultError` when the metrics do not hold
+    every task of every seed.
+    """
+    run_dir = Path(run_dir)
+    config, protocol, records = _run_records(run_dir)
     end = end_of_run(run_dir)
     try:
         summary = summarise(config, protocol, records, {}, 0.0)

@@ -19,26 +19,50 @@ ConvNet (``plastibench.vision.BatchedConvNet``, 2 outputs). The metric is the te
 task's 200 test images after the final epoch (the reference's ``test_accuracies[:, -1]``); plots bin
 it by 50 tasks, as ``lop/imagenet/bp_plot.py``.
 
-Pixels: the reference feeds the stored arrays to the network as floats without any scaling; the
-scale of its archive is not stated. Our scaling is keyed on the store's dtype, not on where the
-data came from: a float store is fed as stored, whatever its source and scale; a uint8 store is
-divided by 255, i.e. fed in [0, 1]. The official Imagenet32 batches import as uint8; what the
-reference archive holds (dtype, scale, normalisation, which images) is unverified, so a
-reference-archive store is not known to be fed as the reference fed it. The data record states
-the scale applied, the store's source and its recorded pixel scale.
+Inputs. Known, from the reference code: ``load_imagenet`` (``single_expr.py``; the same in the
+first commit's ``online_batch_expr.py``) ``np.load``s ``data/classes/<c>.npy``, and the task loop
+casts it with ``.type(torch.FloatTensor)``: nothing in ``lop/imagenet`` divides by 255,
+normalises or augments. Whatever scale the inputs have is the archive's (the Google Drive file
+linked from ``lop/imagenet/README.md``). Assumed, not verified: a loader by a co-author for "the
+same dataset as the Nature paper" (``JFernando4/Research_Project_Manager``,
+``mlproj_manager/problems/supervised_learning/imagenet/image_net_dataloader.py``) states statistics
+"computed using the entire dataset": mean 0.00033, standard deviation 0.260, max |x| 0.630. So the
+archive holds floats that are already scaled and about zero-centred, not 0..255 pixels; they fit
+x/255 minus a per-pixel mean, but that is an inference. Which 700 images per class it holds, and how
+they were downsampled, is not stated anywhere.
+
+So the protocol names its ``input_transform`` (hashed), and the task applies it whatever the
+store's dtype, after checking the value range of the loaded images (:data:`INPUT_TRANSFORMS`):
+
+* ``div255``: x · (1/255), for raw 0..255 pixels (the official Imagenet32 batches, imported as uint8):
+  inputs in [0, 1]. Refuses values outside [0, 255] or none above 1 (already scaled).
+  A deliberate deviation: these inputs are not centred as the archive's appear to be, because
+  the centring is unverified; a score on them is not a score on the paper's inputs.
+* ``as_stored``: x unchanged, as the reference feeds its archive. Refuses values outside [-1, 1]
+  (raw pixels, which the archive is reported not to hold).
+
+The data record of a run (``Task.data_record``, part of its identity) states the store's source
+(``Imagenet32 official batches`` or ``reference archive``), dtype and value range, and the transform.
 
 Protocols: ``paper`` is 5000 tasks (15 M steps) for every method: the length of the reference's
-CBP, L2 and S&P runs; the reference's backprop ran 2000 tasks, so compare backprop with the
-paper's BP curve at task 2000 of the per-task metric. ``short`` keeps every setting for
-the first 1000 tasks (3 M steps per seed): in the paper's Fig. 1b backprop at step size 0.01 is at
-its best in the first tasks and declines from then on, so a fifth of the stream shows the decline
-at a fifth of the cost (the reference code would take about 6 A100-hours per seed for it, from its
-README's 12 hours per 2000 tasks; our GPU rate is still to be measured, see docs/benchmarks.md).
-How far backprop has fallen by task 1000 on our engine is to be confirmed by the first GPU run.
-``smoke`` is 3 tasks of 8 steps on 20 training and 20 test images per class, for tests.
+CBP, L2 and S&P runs. The reference's backprop ran 2000 tasks only (``cfg/bp.json``): compare
+backprop with the paper's BP curve with ``plastibench compare --at-task 2000 RUN_DIR...``, the score
+this protocol gives the first 2000 tasks (the mean over tasks 1801-2000; the per-task metric of
+every task is in ``metrics.csv``). A prefix of the stream does not depend on ``n_tasks``, so that
+is the score of a 2000-task run. ``short`` keeps every setting for the first 1000 tasks (3 M steps
+per seed): in the paper's Fig. 1b backprop at step size 0.01 is at its best in the first tasks and
+declines from then on, so a fifth of the stream shows the decline at a fifth of the cost (the
+reference code would take about 6 A100-hours per seed for it, from its README's 12 hours per 2000
+tasks; our GPU rate is still to be measured, see docs/benchmarks.md). How far backprop has fallen
+by task 1000 on our engine is to be confirmed by the first GPU run. Both feed the official
+Imagenet32 batches (``div255``); ``paper-archive`` and ``short-archive`` are the same on the
+reference archive (``as_stored``). ``smoke`` is 3 tasks of 8 steps on 20 training and 20 test images
+per class (``div255``), for tests.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -55,18 +79,47 @@ from plastibench.vision import BatchedConvNet
 
 _SGD = OptimizerSpec(name="sgd", lr=0.01, momentum=0.9)
 CLASSES_PER_TASK = 2
+ARCHIVE = "-archive"  # suffix of the protocols that feed the reference archive as stored
+
+
+@dataclass(frozen=True)
+class InputTransform:
+    """Network input = stored value · ``scale``, for stores whose values lie in [``low``, ``high``]
+    with a maximum above ``above`` (see the module docstring)."""
+
+    scale: float
+    low: float
+    high: float
+    above: float
+    expects: str
+
+
+INPUT_TRANSFORMS = {
+    "div255": InputTransform(1 / 255, 0.0, 255.0, 1.0, "raw 0..255 pixels (the official Imagenet32 "
+                             "batches), which it divides by 255"),
+    "as_stored": InputTransform(1.0, -1.0, 1.0, -np.inf, "already scaled values within [-1, 1] (the "
+                                "reference archive's are reported to lie within ±0.63), which it feeds "
+                                "unchanged, as the reference does"),
+}
 
 
 def _protocol(name: str, n_tasks: int, epochs: int, description: str, *, batch: int = 100,
               train_per_class: int = 600, test_per_class: int = 100, probe: int = 200,
-              seeds: int = 30) -> Protocol:
+              seeds: int = 30, transform: str = "div255") -> Protocol:
     steps_per_epoch = CLASSES_PER_TASK * train_per_class // batch
-    return Protocol(task="cimagenet", name=name, version=1, n_tasks=n_tasks, steps_per_task=epochs * steps_per_epoch,
+    return Protocol(task="cimagenet", name=name, version=2, n_tasks=n_tasks, steps_per_task=epochs * steps_per_epoch,
                     batch_size=batch, optimizer=_SGD, metric="test_accuracy", higher_is_better=True,
                     probe_size=probe, default_seeds=seeds, description=description,
                     settings={"epochs": epochs, "train_per_class": train_per_class,
-                              "test_per_class": test_per_class, "zero_head": True, "uint8_scale": 1 / 255,
+                              "test_per_class": test_per_class, "zero_head": True, "input_transform": transform,
                               "reference_class_order": True})
+
+
+_PAPER = ("5000 tasks of 250 epochs (the reference's CBP/L2/S&P length; its BP ran 2000: compare BP with "
+          "`plastibench compare --at-task 2000`)")
+_SHORT = "the first 1000 tasks, every other setting as the paper"
+_OFFICIAL = "; official Imagenet32 batches, pixels / 255"
+_AS_STORED = "; reference archive, values as stored"
 
 
 @register_task("cimagenet")
@@ -74,10 +127,11 @@ class ContinualImageNet(Task):
     summary = "Continual ImageNet: binary tasks on ImageNet 32x32 class pairs, ConvNet, 250 epochs each"
     plot_bin_tasks = 50  # as lop/imagenet/bp_plot.py
     protocols = {
-        "paper": _protocol("paper", 5000, 250,
-                           "5000 tasks of 250 epochs (the reference's CBP/L2/S&P length; its BP ran 2000)"),
-        "short": _protocol("short", 1000, 250, "the first 1000 tasks, every other setting as the paper",
-                           seeds=10),
+        "paper": _protocol("paper", 5000, 250, _PAPER + _OFFICIAL),
+        "short": _protocol("short", 1000, 250, _SHORT + _OFFICIAL, seeds=10),
+        "paper" + ARCHIVE: _protocol("paper" + ARCHIVE, 5000, 250, _PAPER + _AS_STORED, transform="as_stored"),
+        "short" + ARCHIVE: _protocol("short" + ARCHIVE, 1000, 250, _SHORT + _AS_STORED, seeds=10,
+                                     transform="as_stored"),
         "smoke": _protocol("smoke", 3, 2, "seconds, for tests", batch=10, train_per_class=20,
                            test_per_class=20, probe=20, seeds=2),
     }
@@ -92,19 +146,40 @@ class ContinualImageNet(Task):
                                   "(plastibench data import --help).")
         rows = np.r_[0:cfg["train_per_class"], TRAIN_PER_CLASS:TRAIN_PER_CLASS + cfg["test_per_class"]]
         images = np.stack([store.images(c)[rows] for c in store.classes])
-        self.scale = cfg["uint8_scale"] if images.dtype == np.uint8 else 1.0
+        value_range = [float(images.min()), float(images.max())]
+        self.scale = self._transform(store, images.dtype, value_range).scale
         self.images = torch.from_numpy(images).to(self.device)  # [C, train + test, 3, 32, 32]
         self.order, order_source = self._class_order(store, cfg["reference_class_order"])
         self.data = {"imagenet32": {
-            "classes": len(store.classes), "class_order": order_source, "dtype": str(images.dtype),
-            "input_scale": self.scale, "source": store.manifest.get("source"),
-            "selection": store.manifest.get("selection_rule"),
-            "pixel_scale": store.manifest.get("pixel_scale"), "verified": self.verify,
+            "source": store.manifest.get("source"), "classes": len(store.classes), "class_order": order_source,
+            "dtype": str(images.dtype), "value_range": value_range, "input_transform": cfg["input_transform"],
+            "selection": store.manifest.get("selection_rule"), "pixel_scale": store.manifest.get("pixel_scale"),
+            "verified": self.verify,
             "sha256": {str(c): store.manifest["classes"][str(c)]["sha256"] for c in store.classes},
         }}
         self.pair = None
         self._epoch_key, self._epoch_order = None, None
         self._rows = torch.arange(protocol.batch_size, device=self.device)
+
+    def _transform(self, store, dtype, value_range: list[float]) -> InputTransform:
+        """The protocol's input transform, refused (``DataUnavailable``, saying what to do) when the
+        loaded images' values are not what it expects."""
+        name = self.protocol.settings["input_transform"]
+        t = INPUT_TRANSFORMS[name]
+        lo, hi = value_range
+        if t.low <= lo and hi <= t.high and hi > t.above:
+            return t
+        other = "as_stored" if name == "div255" else "div255"
+        base = self.protocol.name.removesuffix(ARCHIVE)
+        twin = base + ARCHIVE if other == "as_stored" else base
+        use = f"protocol {twin}" if twin in type(self).protocols else "a protocol"
+        raise DataUnavailable(
+            f"Protocol {self.protocol.name} has input_transform {name!r}, for {t.expects}; but the ImageNet "
+            f"32x32 store {store.root} ({store.manifest.get('source')}, {dtype}) holds values in "
+            f"[{lo:g}, {hi:g}]. Run it with {use} (input_transform {other!r}: "
+            f"{INPUT_TRANSFORMS[other].expects}), or import the data that protocol expects: "
+            "plastibench data import imagenet32 SRC (official batches, for div255) or "
+            "plastibench data import reference-archive SRC (Dohare et al.'s archive, for as_stored).")
 
     def _class_order(self, store, use_reference: bool) -> tuple[torch.Tensor, str]:
         """Per-seed class positions ``[S, C]`` (indexes into the store's sorted classes)."""

@@ -437,9 +437,11 @@ def test_pmnist_online_accuracy_uses_the_pre_update_prediction(tmp_path, tiny_mn
 # --------------------------------------------------------------------------------------------
 
 PINNED_HASHES = {
-    ("cimagenet", "paper"): "d00afecdea4fb8f2",
-    ("cimagenet", "short"): "793d9f75557a7ef4",
-    ("cimagenet", "smoke"): "9a10e7063f784344",
+    ("cimagenet", "paper"): "69789a787b91a92f",
+    ("cimagenet", "paper-archive"): "06eb5f97576cf0cb",
+    ("cimagenet", "short"): "0a277f84e2c68cae",
+    ("cimagenet", "short-archive"): "8ee64334a48627ff",
+    ("cimagenet", "smoke"): "9b9360987bd69a5a",
     ("icifar100", "paper"): "f1ea01bd00a94ef8",
     ("icifar100", "short"): "337ef32d8abab6b0",
     ("icifar100", "smoke"): "f8e07b73e1dc3c5f",

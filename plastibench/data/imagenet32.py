@@ -318,7 +318,7 @@ def import_imagenet32(src: str | os.PathLike[str], data_dir: str | os.PathLike[s
         _report(progress, "hashing classes", len(complete), len(complete))
         manifest = _manifest(
             "Imagenet32 official batches", classes, "uint8", [lo, hi],
-            pixel_scale="uint8 0-255 as in the official files (not rescaled; the task scales)",
+            pixel_scale="uint8 0-255 as in the official files (not rescaled; the protocol's input_transform scales)",
             selection_rule=SELECTION_RULE,
             source_files=sources,
             ignored_files=ignored,
@@ -404,7 +404,7 @@ def import_reference_archive(src: str | os.PathLike[str],
                             "shape": list(order.shape)}
         manifest = _manifest(
             "reference archive", classes, dtypes.pop(), [lo, hi],
-            pixel_scale="as given in the reference archive (not rescaled)",
+            pixel_scale="as given in the reference archive (not rescaled; the protocol's input_transform applies)",
             selection_rule="as in the reference archive (files copied unchanged)",
             class_order=order_source,
         )
