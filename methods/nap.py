@@ -18,7 +18,12 @@ ResNet conv including the 1x1 downsample convs, each followed by a BN); the outp
 followed by a normalisation, so it is projected only with ``project_output = true``. Norm layers:
 the added LayerNorms and, on the ResNet, the BatchNorms' affine (γ, β) (running statistics are
 not parameters and are left alone). Biases of the weight layers are not projected (the weight
-matrices alone are, as in Plasticine's ``plasticine_normalize_and_project``). Scale and offset of a
+matrices alone are, as in Plasticine's ``plasticine_normalize_and_project``). One factor per tensor
+and seed, not per row (the shared notes' "each weight matrix"; Plasticine's
+``plasticine/standard/ppo_procgen_nap.py`` ``Agent._project_weights`` takes one norm per weight
+tensor; the paper's text could not be read here): a LayerNorm over all of a layer's units makes the
+layer invariant to one common scale of its pre-activations, not to one scale per unit, so a per-row
+projection would change the function. Scale and offset of a
 norm are projected jointly, the option for homogeneous activations such as ReLU (as recorded in
 ``shared/reference/methods-and-streams.md`` and in Plasticine's code comment); Plasticine's code
 targets √2 for every layer, the initial norm only for n = 1, so we use the actual initial norm.

@@ -20,6 +20,18 @@ its BatchNorm/LayerNorm reset where it has one (weight 1, bias 0, running mean 0
 in dopamine, all layers' incoming weights are redrawn before any outgoing weights are zeroed, so a
 weight joining two recycled units ends at 0. The output layer's units are never recycled.
 
+h_i are the post-activation values of unit i as dopamine records them (``networks.py``: each
+layer's output right after its ReLU; its Impala stacks pool before that ReLU, the paper's ConvNet
+after it), for a conv layer here the unpooled map: E|h_i| is the mean over
+the examples and the H·W positions of that map (``estimate_neuron_score`` reduces every axis but
+the channels). Our ConvNet returns its conv features after 2x2 max pooling (CBP's reference
+definition) and the ResNet-18 its last block's output average-pooled, so ReDo does not read the
+returned features: it observes every site's output inside the forward
+(``HiddenSites.set_site_observer``, ``plastibench/nn.py``), in train mode only, and reduces it to
+E|h_i| ``[S, n]`` there. Pooling would change the scores (a 2x2 max raises the mean of a sparse,
+peaked map more than a dense one's). What a site outputs is what the next layer (or its pool)
+reads, so composed with ``dropout`` the dropped values.
+
 E|h_i| (``score_on``): dopamine scores each check on one fresh batch (256 examples from the replay
 buffer); FIRE's port on the last 512 examples seen; Dohare's ``GnTredo`` on a history of features.
 Default "batch" (dopamine's rule): the F-th step's batch alone (``icifar100`` B = 90, ``cimagenet``
@@ -28,14 +40,6 @@ step's batch mean, averaged over the steps). Deliberate exception: ``scr`` and `
 one example a step, where a one-example score calls every unit silent on that example dormant
 (about half of a ReLU layer), so their task default stays "window" (F = 1000 examples, the
 closest we have to dopamine's 256-example batch).
-
-Conv units are scored on the features the network returns. Known deviation: dopamine scores the
-unpooled post-ReLU maps; our ``BatchedConvNet.forward`` (``plastibench/vision.py``) returns conv1-3
-after 2x2 max pooling (conv3's flattened), and the ResNet-18's last group is the global-average-pooled
-output. Pooling changes the scores (a 2x2 max raises
-the mean of a sparse, peaked map more than a dense one's), so which units count as dormant differs. Scoring as dopamine needs the networks to return (or expose on request)
-the unpooled maps ``activate(i, conv_i(x))`` beside the pooled ones, and ReDo to take E|h| over their
-H·W positions; a network change, not made here (issue 11, item 13).
 
 Optimizer state (``reset_optimizer_state``, default true): the per-element state (SGD momentum,
 Adam's m and v) of every tensor a recycled unit owns (incoming weights, bias, outgoing weights,
@@ -70,7 +74,7 @@ EPS = 1e-9  # dopamine's ``score /= jnp.mean(score) + 1e-9``
 
 
 def mean_abs(h: torch.Tensor, group: UnitGroup) -> torch.Tensor:
-    """E|h_i| over the batch and positions, ``[S, n]``."""
+    """E|h_i| over the batch and, for conv maps ``[S, B, n, H, W]``, the positions: ``[S, n]``."""
     return per_unit(h.detach(), group).abs().mean((1, 3))
 
 
@@ -93,17 +97,25 @@ class ReDo(Method):
     bounds = {"threshold": NON_NEGATIVE, "period": AT_LEAST_ONE}
 
     def configure_network(self, net):
+        self.net = net
         self.groups: list[UnitGroup] = net.unit_groups()
         self.rules = [incoming_init(net, g) for g in self.groups]
         s, dev = self.run.seeds.numel(), self.run.seeds.device
+        # E|h_i| per unit, [S, n]: the last train-mode forward's ("batch") or summed over the period ("window")
         self.window = [torch.zeros(s, g.n_units, device=dev) for g in self.groups]
+        net.set_site_observer(self.observe)
         return net
 
     @torch.no_grad()
-    def after_step(self, info: StepInfo) -> None:
+    def observe(self, site: int, h: torch.Tensor) -> None:
+        """A site's output in a forward (conv maps unpooled): record E|h_i| in train mode."""
+        if not self.net.training:
+            return
+        raw = mean_abs(h, self.groups[site])
         if self.hp["score_on"] == "window":
-            for total, group, h in zip(self.window, self.groups, info.features):
-                total.add_(mean_abs(h, group))
+            self.window[site].add_(raw)
+        else:
+            self.window[site].copy_(raw)
 
     def event_period(self) -> int:
         return self.hp["period"]
@@ -112,11 +124,8 @@ class ReDo(Method):
     def on_period(self, info: StepInfo) -> None:
         """Between steps, after every F-th step: score, then recycle the dormant units. Periods are
         counted in global steps from 0, so a window always holds exactly F steps."""
-        if self.hp["score_on"] == "window":
-            raw = [total / self.hp["period"] for total in self.window]
-        else:
-            raw = [mean_abs(h, group) for group, h in zip(self.groups, info.features)]
-        dormant = [normalised_score(r) <= self.hp["threshold"] for r in raw]
+        count = self.hp["period"] if self.hp["score_on"] == "window" else 1
+        dormant = [normalised_score(total / count) <= self.hp["threshold"] for total in self.window]
         self.recycle(dormant, info.step)
         for total in self.window:
             total.zero_()

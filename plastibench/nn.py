@@ -157,7 +157,9 @@ class HiddenSites:
     skipped when unset, so the default path is the plain ``act(z)``. ``pre_norms`` is a
     ``ModuleList`` (its parameters join the net's, in ``parameters()`` and ``state_dict()``);
     ``post_activation(i, h)`` is any callable (it may read the net's ``training`` flag). A norm with
-    ``unit_resets()`` joins its unit group's ``norm`` resets.
+    ``unit_resets()`` joins its unit group's ``norm`` resets. ``site_observer(i, h)``, when set, sees
+    every site's output h (what the next layer reads, or a max-pool before it: conv maps unpooled)
+    and returns nothing; it may read ``training`` and must update its own state in place.
     """
 
     def _init_sites(self, activation: str) -> None:
@@ -167,6 +169,7 @@ class HiddenSites:
         self.act = ACTIVATIONS[activation]
         self.pre_norms: nn.ModuleList | None = None
         self.post_activation: Callable[[int, torch.Tensor], torch.Tensor] | None = None
+        self.site_observer: Callable[[int, torch.Tensor], None] | None = None
 
     def set_pre_norms(self, norms: Sequence[nn.Module] | None) -> None:
         """One module per site (or None to remove them)."""
@@ -177,12 +180,17 @@ class HiddenSites:
     def set_post_activation(self, fn: Callable[[int, torch.Tensor], torch.Tensor] | None) -> None:
         self.post_activation = fn
 
+    def set_site_observer(self, fn: Callable[[int, torch.Tensor], None] | None) -> None:
+        self.site_observer = fn
+
     def activate(self, i: int, z: torch.Tensor) -> torch.Tensor:
         if self.pre_norms is not None:
             z = self.pre_norms[i](z)
         h = self.act(z)
         if self.post_activation is not None:
             h = self.post_activation(i, h)
+        if self.site_observer is not None:
+            self.site_observer(i, h)
         return h
 
     def site_resets(self, i: int) -> tuple[UnitReset, ...]:

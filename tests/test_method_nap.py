@@ -117,3 +117,27 @@ def test_no_weight_decay_on_icifar100_as_the_docstring_says():
     opt = method.build_optimizer([torch.nn.Parameter(torch.zeros(1, 3))], spec)
     assert spec.weight_decay == 0.0 and all(g["weight_decay"] == 0.0 for g in opt.param_groups)
     assert "``weight_decay`` to 0" in __import__(_M.__module__, fromlist=["x"]).__doc__  # what it says
+
+
+def test_projection_scales_each_tensor_as_a_whole_not_each_row():
+    """Issue 11 item 15: one factor per weight tensor and seed, W ← W·‖W₀‖_F / ‖W‖_F (the rule of
+    ``shared/reference/methods-and-streams.md`` and Plasticine's ``_project_weights``). Rows that
+    grew unevenly keep their ratios, and the LayerNorm after the layer sees its pre-activations
+    (biases are 0 at init) only rescaled, so the output does not move. A per-row projection would
+    put every row back to its own initial norm and change the output."""
+    method, net = configure(NETS["mlp"][0]())
+    w = net.layers[0].weight
+    w0 = w.detach().clone()
+    with torch.no_grad():  # uneven growth within each seed's matrix
+        w[0, 0].mul_(3.0)
+        w[0, 5].mul_(0.5)
+        w[1, 2].mul_(4.0)
+    grown = w.detach().clone()
+    x = torch.randn(2, 4, 6, generator=torch.Generator().manual_seed(3))
+    before, _ = net(x)
+    method.after_step(StepInfo(0, 0))
+    after, _ = net(x)
+    torch.testing.assert_close(w.detach(), grown * (norm(w0) / norm(grown)).view(-1, 1, 1))
+    rows, rows0 = w.detach().norm(dim=2), w0.norm(dim=2)
+    assert (rows - rows0).abs().max() > 0.1 * rows0.mean()  # the rows are not each put back
+    torch.testing.assert_close(after.detach(), before.detach(), rtol=1e-4, atol=1e-5)

@@ -5,8 +5,9 @@ those, get fresh incoming weights (the network's init distribution, drawn from `
 outgoing weights 0 and zeroed optimizer state; every other weight keeps its value except where it
 is an incoming or outgoing weight of a recycled unit. Checked on an MLP against a restatement
 that builds every expected matrix entry by entry, on the ConvNet (channels, the flattened conv3
-owning four fc1 columns each) and on the ResNet (BatchNorm resets). The hooks are driven as the engine
-drives them (``step``): ``after_step`` with the device step, then, after every F-th global step,
+owning four fc1 columns each) and on the ResNet (BatchNorm resets). h are the site outputs a
+train-mode forward shows ReDo (``observe``; conv maps unpooled, as dopamine scores them), driven as
+the engine drives them (``step``): each step's forward, then, after every F-th global step,
 ``on_period`` between steps, where the check and the recycling happen.
 """
 
@@ -42,18 +43,25 @@ def redo_on(net, seeds=SEEDS, optimizer=ADAM, **hp) -> ReDo:
 
 
 def train_once(method, x):
-    out, features = method.run.net(x)
+    """One optimizer step on a random loss; returns the site outputs its forward showed ReDo."""
+    net, seen = method.run.net, []
+    net.set_site_observer(lambda site, h: (seen.append(h.detach().clone()), method.observe(site, h)))
+    try:
+        out, _ = net(x)
+    finally:
+        net.set_site_observer(method.observe)
     out.square().mean(1).sum().backward()
     method.run.optimizer.step()
-    return [f.detach() for f in features]
+    return seen
 
 
-def step(method, k: int, features) -> None:
-    """Global step ``k`` as the engine ends it: ``after_step`` with the step as a 0-dim int64 device
-    tensor, then ``on_period`` (host int) when ``k`` closes a period of F steps."""
-    method.after_step(StepInfo(torch.tensor(k), 0, features))
+def step(method, k: int, maps) -> None:
+    """Global step ``k`` as the engine runs it: its forward shows ReDo every site's output (``maps``,
+    in site order), then ``on_period`` (host int) when ``k`` closes a period of F steps."""
+    for site, h in enumerate(maps):
+        method.observe(site, h)
     if (k + 1) % method.event_period() == 0:
-        method.on_period(StepInfo(k, 0, features))
+        method.on_period(StepInfo(k, 0, []))
 
 
 def expected_mask(features, threshold, net):
@@ -165,9 +173,8 @@ def test_convnet_channels_and_the_flattened_conv3():
     net = BatchedConvNet(SEEDS)
     method = redo_on(net, threshold=0.2, period=1, score_on="batch")
     features = train_once(method, torch.randn(3, 4, 3, 32, 32))
-    features[2] = features[2].clone()
-    features[2].view(3, 4, 128, 4)[0, :, [5, 9]] = 0.0  # conv3 channels 5 and 9 of seed 0 fall silent
-    features[0] = features[0].clone()
+    assert [tuple(h.shape[2:]) for h in features] == [(32, 28, 28), (64, 12, 12), (128, 4, 4), (128,), (128,)]
+    features[2][0, :, [5, 9]] = 0.0  # conv3 channels 5 and 9 of seed 0 fall silent
     features[0][1, :, 7] = 0.0  # conv1 channel 7 of seed 1
     dormant = expected_mask(features, 0.2, net)
     assert dormant[2][0, 5] and dormant[2][0, 9] and dormant[0][1, 7]
@@ -201,7 +208,6 @@ def test_resnet_dormant_channel_gets_its_batchnorm_reset():
         block = net.layer1[0]
         block.bn1.weight.fill_(0.5)
         block.bn1.running_mean.fill_(0.3)
-    features[1] = features[1].clone()
     features[1][:, :, 11] = 0.0  # layer1.0.conv1 channel 11
     dormant = expected_mask(features, 0.1, net)
     assert dormant[1][0, 11]
@@ -274,3 +280,38 @@ def test_default_scores_the_check_batch_alone_as_dopamine_and_window_on_one_exam
     step(method, 1, [silent])
     assert torch.equal(net.layers[1].weight[:, :, 0], torch.zeros(3, 3))
     assert torch.equal(net.layers[1].weight[:, :, 1:], before[2][:, :, 1:])
+
+
+def test_conv_units_are_scored_on_the_unpooled_maps_as_dopamine():
+    """Issue 11 item 13: conv1 channel 0 fires (1) at one position of every 2x2 pooling window, the
+    other 31 channels at 1 everywhere. Dopamine's score E|h| over the unpooled map gives channel 0
+    0.25 / ((0.25 + 31) / 32) ≈ 0.26 ≤ τ = 0.5: dormant. After the 2x2 max-pool (the features the
+    net returns, which CBP reads) every channel is 1 everywhere: none would be dormant."""
+    seeds = torch.tensor([0])
+    net = BatchedConvNet(seeds)
+    with torch.no_grad():
+        net.conv1.weight.zero_()
+        net.conv1.weight[0, 0, 0, 0, 0] = 1.0  # channel 0 copies input channel 0 (no offset)
+        net.conv1.bias.fill_(1.0)
+        net.conv1.bias[0, 0] = 0.0
+    x = torch.zeros(1, 2, 3, 32, 32)
+    x[:, :, 0, ::2, ::2] = 1.0  # 1 at the (even, even) positions only
+    h1 = torch.relu(net.conv1(x)).detach()  # the unpooled conv1 map, restated
+    raw = h1.abs().mean((1, 3, 4))
+    assert (raw[0, 0], raw[0, 1:].min()) == (0.25, 1.0)
+    assert raw[0, 0] / (raw.mean() + 1e-9) <= 0.5  # dopamine's rule: dormant
+
+    method = redo_on(net, seeds=seeds, optimizer=OptimizerSpec("sgd", lr=1e-3), threshold=0.5, period=1,
+                     score_on="batch")
+    out, features = net(x)  # a training step as the engine runs it
+    out.square().mean(1).sum().backward()
+    method.run.optimizer.step()
+    assert not expected_mask([features[0]], 0.5, net)[0][0, 0]  # pooled: not dormant
+    stepped = {name: p.detach().clone() for name, p in net.named_parameters()}
+    method.on_period(StepInfo(0, 0, [f.detach() for f in features]))
+
+    assert (net.conv1.weight[0, 0] != stepped["conv1.weight"][0, 0]).any()  # channel 0 redrawn
+    assert net.conv1.bias[0, 0] == 0.0
+    assert torch.equal(net.conv2.weight[0, :, 0], torch.zeros(64, 3, 3))  # its outgoing weights zeroed
+    assert torch.equal(net.conv1.weight[0, 1:], stepped["conv1.weight"][0, 1:])  # the others kept
+    assert torch.equal(net.conv1.bias[0, 1:], stepped["conv1.bias"][0, 1:])
