@@ -3,7 +3,7 @@
 The ranks follow the reference's ``compute_effective_rank`` / ``compute_abs_approximate_rank``
 (including the all-zero edge case below); the probe, dead-unit rule and weight magnitude are
 plastibench's per-task choices, each described here and in the task's docstring, not the
-reference's code for every stream (e.g. icifar100's ``post_run_analysis.py`` differs, issue 11).
+reference's code for every stream. :func:`measure` is the default of ``Task.diagnostics``.
 
 For each hidden layer's representation ``H[s]`` (probe inputs × units), per seed:
 
@@ -27,11 +27,20 @@ A conv layer's units are its channels: a channel is dead when it is 0 at every p
 probe input, and the ranks are those of the channel activations averaged over positions
 (``[P, C]``, as the per-channel utilities of ConvGnT average them). The probe runs in eval mode
 (BatchNorm uses running statistics and is not updated, dropout is off) under ``no_grad``.
+
+A task may measure otherwise: ``icifar100`` follows its reference's analysis
+(``lop/incremental_cifar/post_run_analysis.py``, issue 11) with :func:`batch_statistics`,
+:func:`dormant_fraction` and :func:`parameter_magnitude`.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator, Sequence
+
 import torch
+
+from .vision import BatchedBatchNorm2d
 
 
 def effective_rank(sv: torch.Tensor) -> torch.Tensor:
@@ -78,3 +87,44 @@ def measure(net: torch.nn.Module, probe: torch.Tensor) -> dict[str, torch.Tensor
     total = sum(torch.nan_to_num(w.detach().abs(), nan=0.0, posinf=0.0).flatten(1).sum(1) for w in weights)
     out["weight_magnitude"] = total / sum(w[0].numel() for w in weights)
     return out
+
+
+@contextmanager
+def batch_statistics(net: torch.nn.Module) -> Iterator[None]:
+    """Within: every BatchNorm of ``net`` normalises by the batch's statistics (train mode), all else
+    is in eval mode (no dropout); afterwards the modes and every buffer (BN running statistics) are
+    as they were, so a forward pass here leaves the trained network unchanged."""
+    was_training = net.training
+    saved = [b.clone() for b in net.buffers()]
+    net.eval()
+    for m in net.modules():
+        if isinstance(m, BatchedBatchNorm2d):
+            m.train()
+    try:
+        yield
+    finally:
+        net.train(was_training)
+        with torch.no_grad():
+            for b, old in zip(net.buffers(), saved):
+                b.copy_(old)
+
+
+def dormant_fraction(features: Sequence[torch.Tensor], below: float) -> torch.Tensor:
+    """Per seed ``[S]``: the fraction of the units of all ``features`` (pooled over layers) that are
+    non-zero on fewer than ``below`` of the inputs, a conv map's channel over inputs and positions
+    (``post_run_analysis.py::compute_dormant_units_proportion``: Σ dormant / Σ units).
+    ``features[i]`` is ``[S, P, C]`` or ``[S, P, C, H, W]``."""
+    dormant, units = 0, 0
+    for h in features:
+        active = (h != 0).float().mean((1, 3, 4) if h.dim() > 3 else 1)  # [S, C]
+        dormant = dormant + (active < below).sum(1)
+        units += h.shape[2]
+    return dormant.double() / units
+
+
+def parameter_magnitude(net: torch.nn.Module) -> torch.Tensor:
+    """Per seed ``[S]``: mean |θ| over every parameter of the seed-batched ``net``, biases and BN
+    included (``post_run_analysis.py::compute_average_weight_magnitude``)."""
+    params = [p.detach() for p in net.parameters()]
+    total = sum(torch.nan_to_num(p.abs(), nan=0.0, posinf=0.0).flatten(1).sum(1) for p in params)
+    return total / sum(p[0].numel() for p in params)

@@ -14,7 +14,7 @@ of the prepared random-number blocks. Before a segment the engine sets the clock
 blocks and lets the task set up its segment; the segment itself runs eagerly, or replays captured
 steps (:mod:`plastibench.capture`: a CUDA graph, or a compiled step on a CPU).
 
-At every task boundary the engine measures diagnostics on the task's probe batch. It checkpoints
+At every task boundary the engine records the task's diagnostics (``Task.diagnostics``); it checkpoints
 whenever ``checkpoint_every`` seconds have passed, at the end, and on Ctrl-C, SIGTERM, SIGHUP or
 SIGUSR1 (Slurm's warning signal), each deferred to the end of the step (eager) or captured block in
 flight, so that the checkpoint never holds a half-done step; Ctrl-C then raises KeyboardInterrupt,
@@ -38,7 +38,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from . import diagnostics, heap, rng
+from . import heap, rng
 from .capture import make_stepper
 from .clock import StepClock
 from .divergence import Divergence
@@ -247,8 +247,8 @@ class Engine:
         self.train_steps(task_index, step, step + 1)
 
     def _diagnostics(self, t: int) -> dict[str, np.ndarray]:
-        """Diagnostics on task ``t``'s probe; NaN for a diverged seed (its network was cleared)."""
-        values = _numpy(diagnostics.measure(self.net, self.task.probe(t)))
+        """The task's diagnostics before task ``t``; NaN for a diverged seed (its network was cleared)."""
+        values = _numpy(self.task.diagnostics(t, self.net))
         dead = ~self.divergence.alive.cpu().numpy()
         for v in values.values():
             v[dead] = np.nan
@@ -256,17 +256,19 @@ class Engine:
 
     def _end_task(self, t: int) -> dict[str, np.ndarray]:
         """Task ``t``'s record: check every seed's parameters and optimizer state (a diverged seed's
-        are cleared), then the task's metric (NaN for a diverged seed), its start diagnostics and
+        are cleared), then the task's metrics (NaN for a diverged seed), its start diagnostics and
         the divergence rows (``plastibench.divergence``)."""
         last_step = self.task.task_offset(t) + self.task.steps_in_task(t) - 1
         state = [v for s in self.optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
         self.divergence.check_and_clear([*self.net.parameters(), *self.net.buffers(), *state], last_step)
-        metric = self.task.end_task(t, self.net).detach().double().cpu().numpy()
+        metrics = self.task.end_task(t, self.net)
+        metrics = _numpy(metrics if isinstance(metrics, Mapping) else {self.protocol.metric: metrics})
         alive = self.divergence.alive.cpu().numpy()
         at = self.divergence.at_step.cpu().numpy().astype(float)
-        metric[~alive] = np.nan
+        for values in metrics.values():
+            values[~alive] = np.nan
         newly = ~alive & np.isin(at, np.arange(self.task.task_offset(t), last_step + 1))
-        return {self.protocol.metric: metric, **self.task_diagnostics, "diverged": (~alive).astype(float),
+        return {**metrics, **self.task_diagnostics, "diverged": (~alive).astype(float),
                 "diverged_at_step": np.where(newly, at, -1.0)}
 
     def run(self, on_progress: Callable[[Progress], None] = lambda p: None) -> dict[str, Any]:

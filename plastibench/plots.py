@@ -32,12 +32,13 @@ from .stats import mean_ci95
 # whose every step shows ``batch_size`` fresh examples (so a task is steps × batch examples).
 TARGET_BINS = 50
 
-DIAGNOSTICS = ("dead_fraction", "effective_rank", "stable_rank", "weight_magnitude")
-DIAGNOSTIC_LABELS = {
+DIAGNOSTICS = ("dead_fraction", "dormant_fraction", "effective_rank", "stable_rank", "weight_magnitude")
+DIAGNOSTIC_LABELS = {  # each task's docstring defines its diagnostics (e.g. icifar100's weights include biases)
     "dead_fraction": "dead units (fraction)",
+    "dormant_fraction": "dormant units (fraction, all layers)",
     "effective_rank": "effective rank",
     "stable_rank": "99% stable rank",
-    "weight_magnitude": "mean |weight| (no biases)",
+    "weight_magnitude": "mean |weight|",
 }
 
 

@@ -2,7 +2,8 @@
 
 A task builds the seed-batched network, yields batches ``x[S, B, ...], y[S, B, ...]`` that live on
 the device (gathered by per-seed index tensors), computes a per-seed loss ``[S]``, accumulates its
-per-task metric on the device, and gives a probe batch for diagnostics at each task boundary.
+per-task metric on the device, and measures plasticity diagnostics at each task boundary (by
+default :func:`plastibench.diagnostics.measure` on its probe batch).
 
 Inside a step (``batch``, ``loss``, ``step_metric``) a task reads the step only as a device tensor
 and updates its buffers in place, so that a block of steps can be captured and replayed; whatever
@@ -20,7 +21,7 @@ from typing import Any, ClassVar, Mapping
 
 import torch
 
-
+from . import diagnostics
 from .protocol import Protocol
 from .registry import UnknownName
 
@@ -127,6 +128,11 @@ class Task:
         """A fixed input batch ``[S, P, ...]`` for diagnostics at the start of ``task_index``."""
         raise NotImplementedError
 
+    def diagnostics(self, task_index: int, net: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """Diagnostics of ``net`` before task ``task_index`` trains (at the end of the run: after the
+        last task, with its index), name -> per-seed ``[S]``; must leave ``net`` unchanged."""
+        return diagnostics.measure(net, self.probe(task_index))
+
     def data_record(self) -> dict[str, Any]:
         """Checksums and verification status of the data used (empty for synthetic tasks)."""
         return {}
@@ -136,9 +142,10 @@ class Task:
         self._metric_sum += self.step_metric(out, y, loss).to(torch.float64)
         self._metric_steps += 1  # in place: a device counter
 
-    def end_task(self, task_index: int, net: torch.nn.Module) -> torch.Tensor:
+    def end_task(self, task_index: int, net: torch.nn.Module) -> torch.Tensor | Mapping[str, torch.Tensor]:
         """The task's metric per seed ``[S]`` (here the mean of ``step_metric``; tasks measured on
-        held-out data evaluate ``net`` instead); resets the accumulator."""
+        held-out data evaluate ``net`` instead), or name -> ``[S]``: the protocol's metric and
+        further per-task metrics recorded beside it; resets the accumulator."""
         value = self._metric_sum / self._metric_steps.clamp_min(1)
         self._metric_sum.zero_()
         self._metric_steps.zero_()

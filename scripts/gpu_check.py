@@ -128,15 +128,13 @@ def throughput(device: torch.device, data: Path, tasks: list[str], quick: bool, 
 def boundaries(device: torch.device, data: Path, tasks: list[str], quick: bool, rows: list[dict]) -> list[dict]:
     """Seconds of a task boundary (diagnostics on the probe: SVD-based ranks; held-out evaluation) next
     to the seconds of the task's training steps at the measured eager/captured rate, bp, S = 8."""
-    from plastibench import diagnostics
     from plastibench.bench import started_engine
     out = []
     for task in tasks:
         protocol, n = ("smoke" if quick else "paper"), 8
         engine = started_engine("bp", task, protocol, n, device=device, data_dir=data, verify=False)
-        probe = engine.task.probe(0)
         timings = {}
-        for name, fn in (("diagnostics", lambda: diagnostics.measure(engine.net, probe)),
+        for name, fn in (("diagnostics", lambda: engine.task.diagnostics(0, engine.net)),
                          ("end_task", lambda: engine.task.end_task(0, engine.net))):
             fn()
             _sync(device)
