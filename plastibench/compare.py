@@ -58,9 +58,11 @@ def result_from_summary(label: str, summary: Mapping[str, Any]) -> Result:
     return Result(label, summary["per_seed"], diagnostics, int(summary.get("n_diverged") or 0))
 
 
-def layer_mean(result: Result, prefix: str) -> float | None:
-    """Mean over seeds of the per-seed mean over layers of the diagnostics ``<prefix>/*``."""
-    layers = [v for k, v in sorted(result.diagnostics.items()) if k.startswith(prefix + "/")]
+def layer_mean(result: Result, prefix: str, whole: str | None = None) -> float | None:
+    """Mean over seeds of the per-seed mean over layers of the diagnostics ``<prefix>/*``, or of the
+    one network-wide diagnostic ``whole`` (a task that measures it so, as icifar100) when present."""
+    layers = [v for k, v in sorted(result.diagnostics.items())
+              if k.startswith(prefix + "/") or k == (whole or prefix)]
     if not layers:
         return None
     return float(np.mean([np.mean([layer[s] for layer in layers]) for s in sorted(result.per_seed)]))
@@ -123,7 +125,7 @@ def statistics_table(results: Sequence[Result], baseline: str | None, higher_is_
         diff, p_adj, p_imp = vs.get(r.label, (None, None, None))
         rows.append(Row(r, rank.get(r.label), mean, None if low is None else (low, high), diff,
                         None if p_adj is None else float(p_adj), p_imp,
-                        layer_mean(r, "dead_fraction"), layer_mean(r, "effective_rank")))
+                        layer_mean(r, "dead_fraction", "dormant_fraction"), layer_mean(r, "effective_rank")))
     sign = -1.0 if higher_is_better else 1.0
     return sorted(rows, key=lambda row: (row.rank is None, row.rank or 0, sign * row.mean, row.result.label))
 
@@ -187,5 +189,7 @@ def notes(baseline: str) -> list[str]:
         f"equal ranks are not separated by the tests. Fewer than {MIN_RANKED_SEEDS} seeds: preliminary, "
         "unranked.",
         "dead units: end-of-run fraction of hidden units that are 0 on every probe input; effective rank: "
-        "end-of-run effective rank of each hidden layer's representation; both averaged over layers, then seeds.",
+        "end-of-run effective rank of each hidden layer's representation; both averaged over layers, then seeds "
+        "(icifar100: the reference's dormant fraction, active on < 1% of inputs pooled over layers, and the "
+        "pooled layer's effective rank).",
     ]

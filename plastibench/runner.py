@@ -11,7 +11,7 @@ import torch
 from .compose import accepts
 from .capture import resolve
 from .engine import Engine, Progress
-from .errors import StartupInterrupted, UsageError
+from .errors import RunFileError, StartupInterrupted, UsageError
 from .identity import code_digest, run_lock
 from .memory import check_fits
 from .protocol import Protocol
@@ -235,9 +235,15 @@ def execute(p: Plan, *, device: torch.device, data_dir=None, verify: bool = True
             clear_results(p.directory)
         try:
             build_task = task_cls if task is None else (lambda *args, **kwargs: task)
-            engine = Engine(method_cls, p.hparams, build_task, proto, p.config["seeds"], device=device,
-                            directory=p.directory, config=p.config, data_dir=data_dir, verify=verify,
-                            checkpoint_every=checkpoint_every, capture=capture, report_every=report_every)
+            try:
+                engine = Engine(method_cls, p.hparams, build_task, proto, p.config["seeds"], device=device,
+                                directory=p.directory, config=p.config, data_dir=data_dir, verify=verify,
+                                checkpoint_every=checkpoint_every, capture=capture, report_every=report_every)
+            except (UsageError, RunFileError, ResultError):
+                raise
+            except ValueError as exc:  # a configuration the method or task refuses once built
+                remove_if_unused(p.directory)
+                raise UsageError(f"{p.method} on {p.config['task']}/{p.config['protocol']}: {exc}") from None
             if engine.task.data_record() != p.config["data"]:
                 raise UsageError(f"the data changed since this run was planned ({p.directory}); run it again")
             if not engine.resume():
@@ -248,9 +254,6 @@ def execute(p: Plan, *, device: torch.device, data_dir=None, verify: bool = True
             write_yaml(p.directory / "environment.yaml", env)
         except KeyboardInterrupt:
             raise StartupInterrupted() from None
-        except ValueError as exc:  # a configuration the method or task refuses once built
-            remove_if_unused(p.directory)
-            raise UsageError(f"{p.method} on {p.config['task']}/{p.config['protocol']}: {exc}") from None
         write_end_of_run(p.directory, engine.run(on_progress))
         p.cached = False
         return load_summary(p.directory, locked=True)

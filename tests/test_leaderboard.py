@@ -430,3 +430,16 @@ def test_overlapping_methods_share_rank_one():
     g = np.random.default_rng(1)
     a, b = result("a", g.normal(1.0, 1.0, 10)), result("b", g.normal(1.1, 1.0, 10))
     assert {r.rank for r in compare.statistics_table([a, b], "a", True)} == {1}
+
+
+def test_the_table_reads_network_wide_diagnostics_as_icifar100_records_them():
+    """icifar100 records one pooled dormant fraction and the pooled layer's rank, not per-layer values."""
+    per_layer = compare.Result("a", {0: 1.0, 1: 2.0}, {"dead_fraction/layer0": {0: 0.2, 1: 0.4},
+                                                       "dead_fraction/layer1": {0: 0.0, 1: 0.2},
+                                                       "effective_rank/layer0": {0: 3.0, 1: 5.0}})
+    pooled = compare.Result("b", {0: 1.0, 1: 2.0}, {"dormant_fraction": {0: 0.1, 1: 0.3},
+                                                    "effective_rank": {0: 100.0, 1: 200.0},
+                                                    "channel_effective_rank/layer0": {0: 7.0, 1: 7.0}})
+    rows = {row.result.label: row for row in compare.statistics_table([per_layer, pooled], None, False)}
+    assert rows["a"].dead_units == pytest.approx(0.2) and rows["a"].effective_rank == pytest.approx(4.0)
+    assert rows["b"].dead_units == pytest.approx(0.2) and rows["b"].effective_rank == pytest.approx(150.0)
