@@ -65,6 +65,23 @@ class DeviceSGD(torch.optim.SGD):
         return loss
 
 
+def _with_grads(optimizer: torch.optim.Optimizer, like_param: tuple[str, ...], step_dtype=None):
+    """(group, θ, state, g + λθ) for every θ with a gradient; a fresh state gets zeros shaped like θ
+    under ``like_param`` and, with ``step_dtype``, a 0-dim device ``step`` of that dtype."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            state = optimizer.state[p]
+            if not state:
+                if step_dtype is not None:
+                    state["step"] = torch.zeros((), dtype=step_dtype, device=p.device)
+                for key in like_param:
+                    state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            wd = group["weight_decay"]
+            yield group, p, state, (p.grad if wd == 0 else p.grad.add(p, alpha=wd))
+
+
 class DeviceAdam(torch.optim.Adam):
     """Adam (Kingma & Ba 2015) with coupled L2 ``weight_decay``, as ``torch.optim.Adam``:
 
@@ -82,26 +99,16 @@ class DeviceAdam(torch.optim.Adam):
     @torch.no_grad()
     def step(self, closure=None):
         loss = _evaluate(closure)
-        for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["step"] = torch.zeros((), dtype=torch.float64, device=p.device)
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                step, m, v = state["step"], state["exp_avg"], state["exp_avg_sq"]
-                grad = p.grad if wd == 0 else p.grad.add(p, alpha=wd)
-                step.add_(1)
-                m.lerp_(grad, 1 - beta1)
-                v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                step_size = lr / (1 - torch.pow(beta1, step))
-                correction2_sqrt = torch.sqrt(1 - torch.pow(beta2, step))
-                denom = (v.sqrt() / correction2_sqrt.to(p.dtype)).add_(eps)
-                p.sub_(m * step_size.to(p.dtype) / denom)
+        for group, p, state, grad in _with_grads(self, ("exp_avg", "exp_avg_sq"), step_dtype=torch.float64):
+            (beta1, beta2), lr, eps = group["betas"], group["lr"], group["eps"]
+            step, m, v = state["step"], state["exp_avg"], state["exp_avg_sq"]
+            step.add_(1)
+            m.lerp_(grad, 1 - beta1)
+            v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            step_size = lr / (1 - torch.pow(beta1, step))
+            correction2_sqrt = torch.sqrt(1 - torch.pow(beta2, step))
+            denom = (v.sqrt() / correction2_sqrt.to(p.dtype)).add_(eps)
+            p.sub_(m * step_size.to(p.dtype) / denom)
         return loss
 
     def load_state_dict(self, state_dict):
@@ -136,22 +143,13 @@ class AdamGnT(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         loss = _evaluate(closure)
-        for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    for key in ("steps", "exp_avg", "exp_avg_sq"):
-                        state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                step, m, v = state["steps"], state["exp_avg"], state["exp_avg_sq"]
-                grad = p.grad if wd == 0 else p.grad.add(p, alpha=wd)
-                step.add_(1)
-                m.mul_(beta1).add_(grad, alpha=1 - beta1)
-                v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                p.addcdiv_(1 - torch.pow(beta2, step), v.sqrt().add_(eps).div_(m), value=-lr)
+        for group, p, state, grad in _with_grads(self, ("steps", "exp_avg", "exp_avg_sq")):
+            (beta1, beta2), lr, eps = group["betas"], group["lr"], group["eps"]
+            step, m, v = state["steps"], state["exp_avg"], state["exp_avg_sq"]
+            step.add_(1)
+            m.mul_(beta1).add_(grad, alpha=1 - beta1)
+            v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            p.addcdiv_(1 - torch.pow(beta2, step), v.sqrt().add_(eps).div_(m), value=-lr)
         return loss
 
 
