@@ -123,17 +123,3 @@ def test_seed_alone_equals_seed_among_others():
         terms.append(method.loss_term(None, []))
     torch.testing.assert_close(terms[0][2:], terms[1], rtol=1e-6, atol=0)
 
-
-def test_no_weight_decay_on_icifar100_as_the_docstring_says():
-    """Issue 11 item 14: the protocol's coupled weight decay 5e-4 is turned off by the method."""
-    from plastibench.method import RunContext as _Run
-    from plastibench.methods.l2init import L2Init as _M
-    from plastibench.registry import TASKS as _TASKS
-
-    proto = _TASKS.get("icifar100").protocol("paper")
-    assert proto.optimizer.weight_decay == 5e-4
-    method = _M(_M.hparams_for("icifar100"), _Run(seeds=torch.tensor([0]), task="icifar100", protocol=proto))
-    spec = method.optimizer_spec(proto.optimizer)
-    opt = method.build_optimizer([torch.nn.Parameter(torch.zeros(1, 3))], spec)
-    assert spec.weight_decay == 0.0 and all(g["weight_decay"] == 0.0 for g in opt.param_groups)
-    assert "``weight_decay`` to 0" in __import__(_M.__module__, fromlist=["x"]).__doc__  # what it says

@@ -104,20 +104,6 @@ def test_engine_step_projects_and_the_targets_are_checkpointed():
     torch.testing.assert_close(engine.method.targets[0], n0)
 
 
-def test_no_weight_decay_on_icifar100_as_the_docstring_says():
-    """Issue 11 item 14: the protocol's coupled weight decay 5e-4 is turned off by the method."""
-    from plastibench.method import RunContext as _Run
-    from plastibench.methods.nap import NormalizeAndProject as _M
-    from plastibench.registry import TASKS as _TASKS
-
-    proto = _TASKS.get("icifar100").protocol("paper")
-    assert proto.optimizer.weight_decay == 5e-4
-    method = _M(_M.hparams_for("icifar100"), _Run(seeds=torch.tensor([0]), task="icifar100", protocol=proto))
-    spec = method.optimizer_spec(proto.optimizer)
-    opt = method.build_optimizer([torch.nn.Parameter(torch.zeros(1, 3))], spec)
-    assert spec.weight_decay == 0.0 and all(g["weight_decay"] == 0.0 for g in opt.param_groups)
-    assert "``weight_decay`` to 0" in __import__(_M.__module__, fromlist=["x"]).__doc__  # what it says
-
 
 def test_projection_scales_each_tensor_as_a_whole_not_each_row():
     """Issue 11 item 15: one factor per weight tensor and seed, W ← W·‖W₀‖_F / ‖W‖_F (the rule of
