@@ -1,4 +1,4 @@
-"""Methods carry the reference configs of the image tasks (L2, Shrink & Perturb) and the weight decay their docstrings claim."""
+"""Methods carry the image tasks' reference configs (L2, S&P) and the weight decay their docstrings claim."""
 
 from __future__ import annotations
 
