@@ -22,6 +22,7 @@ from .cli_common import fail
 from .cli_contrib import new_method_command, plot_command
 from .cli_data import data_app
 from .cli_leaderboard import compare_command, leaderboard_app
+from .cli_sweep import status_command, sweep_command
 from .compose import describe
 from .data.paths import DataUnavailable
 from .engine import Preempted
@@ -62,6 +63,8 @@ app.add_typer(data_app, name="data")
 app.command("plot")(plot_command)
 app.command("new-method")(new_method_command)
 app.command("compare")(compare_command)
+app.command("sweep")(sweep_command)
+app.command("status")(status_command)
 err = Console(stderr=True)
 
 

@@ -337,7 +337,10 @@ class Engine:
                 signal.signal(signum, handler)
         self.wall_time = time.monotonic() - started
         self.checkpoint()
-        final = self._diagnostics(p.n_tasks - 1)
-        summary = summarise(self.config, p, self.records, final, self.wall_time)
+        return self.finish(self._diagnostics(p.n_tasks - 1))
+
+    def finish(self, final: dict[str, np.ndarray]) -> dict[str, Any]:
+        """Write and return the summary of a finished run, given the final diagnostics."""
+        summary = summarise(self.config, self.protocol, self.records, final, self.wall_time)
         write_yaml(self.directory / "summary.yaml", summary)
         return summary

@@ -30,6 +30,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -339,6 +340,13 @@ def summary_at_task(run_dir: Path, at_task: int) -> dict[str, Any]:
         raise ResultError(f"{run_dir}/config.yaml: damaged ({type(exc).__name__}: {exc})") from None
     summary.pop("wall_time_s")
     return {**summary, "recomputed_from": "metrics.csv"}
+
+
+def summary_over_last(run_dir: Path, fraction: float) -> dict[str, Any]:
+    """A finished run's summary with the per-seed score taken over its last ``fraction`` of tasks
+    instead of the protocol's window (a tuning rule's own window), from ``metrics.csv``."""
+    config, protocol, records = _run_records(Path(run_dir))
+    return summarise(config, replace(protocol, summary_fraction=fraction), records, {}, 0.0)
 
 
 def load_summary(run_dir: Path, *, locked: bool = False, rewrite: bool = True) -> dict[str, Any]:

@@ -103,12 +103,18 @@ def parse_overrides(items: Sequence[str], methods: Sequence[str]) -> dict[str, d
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:K`` -> a device that exists here (UsageError otherwise)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is visible to PyTorch; use --device cpu or auto")
-    if name not in ("cpu", "cuda"):
-        raise UsageError(f"--device {name!r}: choose auto, cpu or cuda")
+    kind, colon, index = name.partition(":")
+    if kind not in ("cpu", "cuda") or (colon and (kind == "cpu" or not index.isdigit())):
+        raise UsageError(f"--device {name!r}: choose auto, cpu, cuda or cuda:K")
+    if kind == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UsageError(f"--device {name}: no CUDA device is visible to PyTorch; use --device cpu or auto")
+        if colon and int(index) >= count:
+            raise UsageError(f"--device {name}: PyTorch sees {count} CUDA device(s), numbered from 0")
     return torch.device(name)
 
 
