@@ -22,7 +22,7 @@ from .status import CHECKPOINTED, FAILED, FINISHED, NOT_STARTED, RUNNING, RunSta
 from .sweep import Configuration, batches, expand, load_spec
 
 out_console, err = Console(), Console(stderr=True)
-STYLE = {FINISHED: "green", RUNNING: "cyan", CHECKPOINTED: "yellow", FAILED: "red", NOT_STARTED: "dim"}
+STYLE = {FINISHED: "green", RUNNING: "cyan", CHECKPOINTED: "yellow", FAILED: "red", NOT_STARTED: "dim"}  # in display order
 
 
 class Executor(str, Enum):
@@ -44,10 +44,8 @@ def print_states(title: str, rows: list[tuple[int | None, RunState]]) -> None:
         table.add_row("" if model is None else str(model + 1), s.label, f"{s.seed_steps:,}",
                       f"[{STYLE[s.state]}]{s.progress}[/]", s.detail, "" if s.directory is None else str(s.directory))
     out_console.print(table)
-    counts = {}
-    for _, s in rows:
-        counts[s.state] = counts.get(s.state, 0) + 1
-    out_console.print(", ".join(f"{n} {state}" for state, n in counts.items()) or "no configuration")
+    counts = {state: sum(s.state == state for _, s in rows) for state in STYLE}
+    out_console.print(", ".join(f"{n} {state}" for state, n in counts.items() if n) or "no configuration")
 
 
 def _devices(device: str) -> list[str]:

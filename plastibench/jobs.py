@@ -2,7 +2,7 @@
 
 :func:`run_job` is what every executor calls (in this process, a joblib worker, a Slurm job or a
 Ray task): it trains the batch, or reads it when finished. A job that fails leaves ``error.txt``
-(the traceback) in each of its run directories, which ``plastibench status`` shows and a re-run
+(a one-line summary, then the traceback) in each of its run directories, which ``plastibench status`` shows and a re-run
 removes before it retries. A preempted job (SIGTERM, SIGUSR1/2) has checkpointed and raises
 :class:`plastibench.engine.Preempted`, which is not a failure: the requeued job resumes.
 """
@@ -57,6 +57,12 @@ def record_error(p: Plan, text: str) -> None:
     path.write_text(text)
 
 
+def error_summary(exc: BaseException) -> str:
+    """``ExceptionType: the first line of its message``: the first line of error.txt."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
 def run_job(job: Job, device: str = "auto", threads: int | None = None) -> dict[str, Any]:
     """Train (or read) the job's batch on ``device`` (auto, cpu, cuda, cuda:K) with ``threads`` CPU
     threads; returns each plan's directory, mean and whether it was cached."""
@@ -68,8 +74,8 @@ def run_job(job: Job, device: str = "auto", threads: int | None = None) -> dict[
         summaries = execute_batch(job.plans, device=resolve_device(device), **job.options)
     except (Preempted, KeyboardInterrupt):
         raise
-    except Exception:
-        text = traceback.format_exc()
+    except Exception as exc:
+        text = f"{error_summary(exc)}\n\n{traceback.format_exc()}"
         for p in job.plans:
             record_error(p, text)
         raise

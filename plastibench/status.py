@@ -1,7 +1,7 @@
 """Where each configuration of a sweep (or each run under a directory) stands.
 
 States, in the order they are decided: ``running`` (another process holds the run's lock),
-``finished`` (summary.yaml), ``failed`` (error.txt: the last line of the traceback),
+``finished`` (summary.yaml), ``failed`` (error.txt: its summary line),
 ``checkpointed`` (metrics of k tasks, or a checkpoint inside the first task), ``not started``.
 """
 
@@ -58,9 +58,10 @@ def _tasks_recorded(directory: Path) -> int:
     return min((len(v) for per_seed in metrics.values() for v in per_seed.values()), default=0)
 
 
-def last_error_line(path: Path) -> str:
+def error_line(path: Path) -> str:
+    """The summary line of an error.txt (its first line)."""
     lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    return lines[-1] if lines else "failed (no message)"
+    return lines[0] if lines else "failed (no message)"
 
 
 def locate(p: Plan) -> Path | None:
@@ -91,7 +92,7 @@ def state_of_directory(directory: Path, label: str, n_tasks: int, errors: Iterab
             return RunState(label, directory, FAILED, _tasks_recorded(directory), n_tasks, str(exc))
     for path in [directory / ERROR_FILE, *errors]:
         if path.exists():
-            return RunState(label, directory, FAILED, _tasks_recorded(directory), n_tasks, last_error_line(path))
+            return RunState(label, directory, FAILED, _tasks_recorded(directory), n_tasks, error_line(path))
     done = _tasks_recorded(directory)
     if done or (directory / "checkpoint.pt").exists():
         return RunState(label, directory, CHECKPOINTED, done, n_tasks)
@@ -107,7 +108,7 @@ def state_of(p: Plan, label: str) -> RunState:
     if directory is None or not directory.exists():
         fallback = error_paths(p)[-1]
         if fallback.exists():
-            return RunState(label, directory, FAILED, 0, n_tasks, last_error_line(fallback), cost)
+            return RunState(label, directory, FAILED, 0, n_tasks, error_line(fallback), cost)
         return RunState(label, directory, NOT_STARTED, 0, n_tasks, "", cost)
     state = state_of_directory(directory, label, n_tasks, error_paths(p)[-1:])
     state.seed_steps = cost

@@ -166,8 +166,10 @@ class Configuration:
 
     @property
     def label(self) -> str:
-        """``cbp replacement_rate=0.001`` (the method and its grid point)."""
-        return " ".join([self.plan.method, *(f"{k}={v}" for k, v in self.point.items())])
+        """``cbp scr/smoke cbp.replacement_rate=0.001``: the method, task/protocol and grid point."""
+        config = self.plan.config
+        return " ".join([self.plan.method, f"{config['task']}/{config['protocol']}",
+                         *(f"{k}={v}" for k, v in self.point.items())])
 
 
 def expand(spec: Spec, out: Path, seeds: str | None = None) -> list[Configuration]:
