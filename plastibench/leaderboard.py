@@ -38,9 +38,13 @@ REPLAY_TASKS = 3  # per-seed metric of the first tasks kept in each entry, for `
 REPLAY_RTOL, REPLAY_ATOL = 1e-4, 1e-7
 UNVERIFIED = "†"
 HASHED = ("method", "hyperparameters", "protocol", "data", "seeds", "results.per_seed",
-          "results.final_diagnostics", "replay")
+          "results.final_diagnostics", "replay", "tuning")  # "tuning" only in entries chosen by sweep --select
 DEFAULT_TUNING = "plastibench's default settings of the method (see its docstring), not tuned here"
 BASELINE = "cbp"
+TUNING_NOTE = ("tuning budget: how many configurations `plastibench sweep --select` tried on its tune seeds "
+               "before the reported run, which used other seeds (the rule is the entry's "
+               "`method.selection_rule`); — : no recorded selection (the entry's `method.tuning` says how its "
+               "settings were chosen).")
 START = "<!-- plastibench:leaderboard:start -->"
 END = "<!-- plastibench:leaderboard:end -->"
 INTRO = """# plastibench leaderboard
@@ -70,6 +74,9 @@ FIELDS: dict[str, tuple[type, ...]] = {
     "replay": (dict,), "replay.tasks": (int,), "replay.metric": (str,), "replay.per_seed_task_metrics": (dict,),
     "content_hash": (dict,), "content_hash.sha256": (str,), "content_hash.parts": (dict,),
 }
+
+# Fields an entry may lack (those of a run chosen by ``sweep --select``); typed when present.
+OPTIONAL_FIELDS: dict[str, tuple[type, ...]] = {"method.tuning_budget": (int,), "method.selection_rule": (str,)}
 
 
 class LeaderboardError(ValueError):
@@ -219,7 +226,7 @@ def entry_from_run(run_dir: Path, tuning: str = DEFAULT_TUNING, allow_unverified
     entry = {
         "schema_version": SCHEMA_VERSION,
         "method": {"name": method, "paper": METHODS.get(method).paper, "code_commit": env.get("git_commit"),
-                   "hyperparameters": run["hparams"], "tuning": tuning},
+                   "hyperparameters": run["hparams"], **_tuning(run_dir, tuning)},
         "protocol": {"task": task, "name": name, "hash": proto.hash, "metric": proto.metric,
                      "higher_is_better": proto.higher_is_better, "aggregate": summary["aggregate"]},
         "data": data,
@@ -237,6 +244,22 @@ def entry_from_run(run_dir: Path, tuning: str = DEFAULT_TUNING, allow_unverified
     if diverged:  # seeds that went non-finite, with their step (scored by the protocol's rule)
         entry["results"]["diverged"] = {int(s): int(step) for s, step in diverged.items()}
     return with_content_hash(entry)
+
+
+def _tuning(run_dir: Path, tuning: str) -> dict[str, Any]:
+    """``tuning`` (prose), and for a run chosen by ``sweep --select`` (its ``selection.yaml``) the
+    tuning budget (configurations tried) and the selection rule."""
+    selection = read_yaml(run_dir / "selection.yaml") if (run_dir / "selection.yaml").exists() else None
+    if not isinstance(selection, dict):
+        return {"tuning": tuning}
+    budget, rule = selection.get("tuning_budget"), selection.get("rule")
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1 or not isinstance(rule, str):
+        raise LeaderboardError(f"{run_dir}/selection.yaml: needs tuning_budget (a count >= 1) and rule (text)")
+    if tuning == DEFAULT_TUNING:
+        tuning = (f"chosen by `plastibench sweep --select` (spec {selection.get('spec')}) among {budget} "
+                  f"configurations on tune seeds {selection.get('tune_seeds')}; reported on seeds "
+                  f"{selection.get('report_seeds')}, which the choice never saw")
+    return {"tuning": tuning, "tuning_budget": budget, "selection_rule": rule}
 
 
 def _summary(per_seed: dict[int, float]) -> dict[str, Any]:
@@ -272,17 +295,21 @@ def _digest(value: Any) -> str:
 
 
 def hashed_content(data: dict[str, Any]) -> dict[str, Any]:
-    """What the content hash covers, by part (``HASHED``); a part absent from ``data`` is None."""
+    """What the content hash covers, by part (``HASHED``); a part absent from ``data`` is None, but
+    "tuning" is there only when the entry records a tuning budget."""
     def get(dotted):
         try:
             return _get(data, dotted)
         except KeyError:
             return None
     protocol = data.get("protocol") if isinstance(data.get("protocol"), dict) else {}
-    return {"method": get("method.name"), "hyperparameters": get("method.hyperparameters"),
-            "protocol": {k: protocol.get(k) for k in ("task", "name", "hash")}, "data": get("data"),
-            "seeds": get("seeds"), "results.per_seed": get("results.per_seed"),
-            "results.final_diagnostics": get("results.final_diagnostics"), "replay": get("replay")}
+    content = {"method": get("method.name"), "hyperparameters": get("method.hyperparameters"),
+               "protocol": {k: protocol.get(k) for k in ("task", "name", "hash")}, "data": get("data"),
+               "seeds": get("seeds"), "results.per_seed": get("results.per_seed"),
+               "results.final_diagnostics": get("results.final_diagnostics"), "replay": get("replay")}
+    if get("method.tuning_budget") is not None:  # only then, so that older entries keep their hashes
+        content["tuning"] = {"budget": get("method.tuning_budget"), "rule": get("method.selection_rule")}
+    return content
 
 
 def content_hash(data: dict[str, Any]) -> dict[str, Any]:
@@ -304,7 +331,7 @@ def hash_problems(data: dict[str, Any]) -> list[str]:
     if stored == want:
         return []
     parts = stored.get("parts") if isinstance(stored.get("parts"), dict) else {}
-    changed = [k for k in HASHED if parts.get(k) != want["parts"][k]]
+    changed = [k for k in HASHED if parts.get(k) != want["parts"].get(k)]
     what = (f"{', '.join(changed)} differ from the content hashed at submission" if changed
             else "content_hash.sha256 was edited")
     return [f"content hash mismatch: {what} (stored {str(stored.get('sha256'))[:16]}, content gives "
@@ -351,6 +378,14 @@ def schema_problems(data: Any) -> list[str]:
             value = _get(data, dotted)
         except KeyError:
             problems.append(f"missing field {dotted}")
+            continue
+        if not _is(value, types):
+            problems.append(f"field {dotted} should be {' or '.join(t.__name__ for t in types)}, "
+                            f"not {type(value).__name__}")
+    for dotted, types in OPTIONAL_FIELDS.items():
+        try:
+            value = _get(data, dotted)
+        except KeyError:
             continue
         if not _is(value, types):
             problems.append(f"field {dotted} should be {' or '.join(t.__name__ for t in types)}, "
@@ -503,8 +538,8 @@ def changes_since(root: Path, ref: str) -> list[str]:
             new = hashed_content(yaml.safe_load(path.read_text()))
         except (yaml.YAMLError, AttributeError):
             continue  # already reported by the schema check
-        changed = [_describe_change(k, old[k], new[k]) for k in HASHED
-                   if old[k] is not None and _digest(old[k]) != _digest(new[k])]
+        changed = [_describe_change(k, old[k], new.get(k)) for k in HASHED
+                   if old.get(k) is not None and _digest(old[k]) != _digest(new.get(k))]
         if changed:
             problems.append(f"{path}: changed since {ref} ({'; '.join(changed)}); merged entries are immutable, "
                             "submit a new run under a new protocol instead")
@@ -553,16 +588,20 @@ def _markdown_table(entries: list[Entry]) -> list[str]:
     proto = _registry_protocol(task, name)
     rows = _table_rows(entries, proto.higher_is_better)
     baseline = BASELINE if any(ok and row.result.label == BASELINE for row, ok in rows) else None
+    header = [*compare.header(BASELINE), "tuning budget"]
     lines = [f"### {compare.title(task, name, proto.hash, proto.metric, proto.higher_is_better)}", "",
              f"Per-seed score: mean of the per-task {proto.metric} over the last {proto.summary_tasks} of "
              f"{proto.n_tasks} tasks."
              + ("" if baseline else f" No verified {BASELINE} entry yet: the comparison columns are empty."), "",
-             "| " + " | ".join(compare.header(BASELINE)) + " |",
-             "|" + "|".join("---" if col == "method" else "---:" for col in compare.header(BASELINE)) + "|"]
+             "| " + " | ".join(header) + " |",
+             "|" + "|".join("---" if col == "method" else "---:" for col in header) + "|"]
+    budget = {e.data["method"]["name"]: e.data["method"].get("tuning_budget") for e in entries}
     for row, ok in rows:
         cells = compare.cells(row, BASELINE)
         if not ok:
             cells[0], cells[1] = "unverified", f"{cells[1]} {UNVERIFIED}"
+        chosen_among = budget.get(row.result.label)
+        cells.append(compare.DASH if chosen_among is None else str(chosen_among))
         lines.append("| " + " | ".join(cells) + " |")
     if not all(ok for _, ok in rows):
         lines += ["", f"{UNVERIFIED} Run on data whose checksums did not match the official files (submitted "
@@ -582,7 +621,7 @@ def render_block(entries: list[Entry]) -> str:
         lines += _markdown_table(group)
     if not groups:
         lines += ["No entries yet.", ""]
-    lines += [f"- {note}" for note in compare.notes(BASELINE)] + [""]
+    lines += [f"- {note}" for note in [*compare.notes(BASELINE), TUNING_NOTE]] + [""]
     return "\n".join(lines) + "\n"
 
 

@@ -443,3 +443,19 @@ def test_the_table_reads_network_wide_diagnostics_as_icifar100_records_them():
     rows = {row.result.label: row for row in compare.statistics_table([per_layer, pooled], None, False)}
     assert rows["a"].dead_units == pytest.approx(0.2) and rows["a"].effective_rank == pytest.approx(4.0)
     assert rows["b"].dead_units == pytest.approx(0.2) and rows["b"].effective_rank == pytest.approx(150.0)
+
+
+def test_an_entry_chosen_by_sweep_select_records_and_shows_its_tuning_budget(runs, lb, tmp_path):
+    run = Path(shutil.copytree(runs["bp"], tmp_path / "bp-run"))
+    write_yaml(run / "selection.yaml", {"spec": "tune", "rule": "best-mean: lowest mean over tune seeds 0-4",
+                                        "tuning_budget": 3, "tune_seeds": "0-4", "report_seeds": "0-11"})
+    assert_exit(invoke("leaderboard", "submit", run, "--root", lb, "--force"), 0)
+    method = read_yaml(entry(lb, "bp"))["method"]
+    assert method["tuning_budget"] == 3 and method["selection_rule"].startswith("best-mean")
+    assert "sweep --select" in method["tuning"] and "among 3 configurations" in method["tuning"]
+    assert_exit(invoke("leaderboard", "render", "--root", lb), 0)
+    rows = table(lb)
+    assert rows["bp"]["tuning budget"] == "3" and rows["cbp"]["tuning budget"] == "—"
+    check(lb, code=0)
+    edit(entry(lb, "bp"), lambda d: d["method"].update(tuning_budget=1))
+    assert any("content hash mismatch: tuning differ" in line for line in check(lb, code=1))
