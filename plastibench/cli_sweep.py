@@ -14,7 +14,8 @@ from rich.table import Table
 
 from .cli_common import fail
 from .errors import UsageError
-from .jobs import Job, run_job
+from .engine import Preempted
+from .jobs import Job, error_summary, run_job
 from .capture import CAPTURE_MODES
 from .runner import resolve_device
 from .select import select_and_report, write_selection
@@ -77,20 +78,28 @@ def _log_dir(job: Job) -> Path | None:
 
 
 def _run_here(jobs: list[Job], device: str) -> list[tuple[Job, str | None]]:
-    """Jobs one after the other in this process, with a progress bar."""
+    """Jobs one after the other in this process, with a bar for the sweep and one for the job's steps."""
     results = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err, transient=False, disable=not err.is_terminal) as progress:
-        overall = progress.add_task("sweep", total=len(jobs))
+        overall = progress.add_task("batched models", total=len(jobs))
+        steps = progress.add_task("steps", total=None)
         for job in jobs:
-            progress.update(overall, description=job.label)
+            progress.update(steps, description=job.label, completed=0, total=None)
+
+            def on_progress(pr, steps=steps):
+                progress.update(steps, completed=pr.steps_done, total=pr.total_steps)
             try:
-                run_job(job, device)
+                run_job(job, device, on_progress=on_progress)
                 results.append((job, None))
+            except Preempted as exc:
+                raise fail(f"received {exc.name}: the batched model in flight checkpointed; re-run the same "
+                           "command to resume", exc.exit_code) from None
             except KeyboardInterrupt:
-                raise
+                raise fail("interrupted; the batched model in flight checkpointed. Re-run the same command to "
+                           "resume.", 130) from None
             except Exception as exc:  # noqa: BLE001 - one failing job must not stop the others
-                results.append((job, f"{type(exc).__name__}: {exc}".splitlines()[0]))
+                results.append((job, error_summary(exc)))
                 err.print(f"[red]failed[/]: {job.label}: {results[-1][1]}", highlight=False)
             progress.advance(overall)
     return results

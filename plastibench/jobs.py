@@ -63,15 +63,17 @@ def error_summary(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
-def run_job(job: Job, device: str = "auto", threads: int | None = None) -> dict[str, Any]:
+def run_job(job: Job, device: str = "auto", threads: int | None = None, on_progress=None) -> dict[str, Any]:
     """Train (or read) the job's batch on ``device`` (auto, cpu, cuda, cuda:K) with ``threads`` CPU
-    threads; returns each plan's directory, mean and whether it was cached."""
+    threads (``on_progress``: see :class:`plastibench.engine.Progress`); returns each plan's
+    directory, mean and whether it was cached."""
     if threads:
         torch.set_num_threads(threads)
     for p in job.plans:
         clear_errors(p)
     try:
-        summaries = execute_batch(job.plans, device=resolve_device(device), **job.options)
+        options = job.options if on_progress is None else {**job.options, "on_progress": on_progress}
+        summaries = execute_batch(job.plans, device=resolve_device(device), **options)
     except (Preempted, KeyboardInterrupt):
         raise
     except Exception as exc:
