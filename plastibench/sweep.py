@@ -35,6 +35,7 @@ import yaml
 
 from .errors import UsageError
 from .registry import METHODS, TASKS, UnknownName
+from .results import config_hash
 from .runner import Plan, parse_overrides, parse_seeds, plan
 
 SPEC_KEYS = {"name", "tasks", "protocols", "methods", "grid", "set", "seeds", "out", "tune_seeds",
@@ -183,7 +184,7 @@ def expand(spec: Spec, out: Path, seeds: str | None = None) -> list[Configuratio
         if not any(_applies(key, m) for m in spec.methods):
             raise UsageError(f"grid {key}: none of {', '.join(spec.methods)} has this hyperparameter; "
                              "`plastibench show method NAME` lists them")
-    configurations = []
+    configurations, seen = [], set()
     for task, protocol, method in itertools.product(spec.tasks, spec.protocols, spec.methods):
         fixed = {k: v for k, v in fixed_method.items() if _applies(k, method)}
         keys = [k for k in method_grid if _applies(k, method)]
@@ -198,7 +199,10 @@ def expand(spec: Spec, out: Path, seeds: str | None = None) -> list[Configuratio
                     raise UsageError(str(exc.args[0])) from None
                 except UsageError as exc:
                     raise UsageError(f"{method} on {task}/{protocol}: {exc.args[0]}") from None
-                configurations.append(Configuration(p, {**task_point, **point}, overrides, options))
+                identity = config_hash({k: v for k, v in p.config.items() if k != "data"})
+                if identity not in seen:  # grid values that coincide (1e-4 and 0.0001) are one configuration
+                    seen.add(identity)
+                    configurations.append(Configuration(p, {**task_point, **point}, overrides, options))
     return configurations
 
 

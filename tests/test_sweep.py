@@ -67,6 +67,12 @@ def test_a_malformed_spec_is_refused_in_one_line(data, message):
         parse_spec(data)
 
 
+def test_grid_values_that_coincide_are_one_configuration(tmp_path):
+    spec = parse_spec({**ISSUE_SPEC, "grid": {"cbp.replacement_rate": [1.0e-4, "1e-4", 0.001]}})
+    assert [c.point for c in expand(spec, tmp_path) if c.plan.method == "cbp"] == [
+        {"cbp.replacement_rate": "0.0001"}, {"cbp.replacement_rate": "0.001"}]
+
+
 def test_a_grid_key_no_method_has_is_refused(tmp_path):
     with pytest.raises(UsageError, match="none of bp, cbp has this hyperparameter"):
         expand(parse_spec({**ISSUE_SPEC, "grid": {"replacment_rate": [1, 2]}}), tmp_path)
