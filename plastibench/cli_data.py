@@ -5,17 +5,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .cli_common import fail
-from .data.cifar100 import FOLDER, load_cifar100
+from .data import cifar10, cifar100, emnist
 from .data.imagenet32 import (IMAGES_PER_CLASS, ImportReport, ProgressFn, import_imagenet32,
                               import_reference_archive)
 from .data.paths import DataUnavailable, resolve_data_dir
@@ -109,18 +109,37 @@ def import_reference_command(src: SrcDir, data_dir: DataDir = None):
                "as_stored: values fed unchanged, as the reference does).")
 
 
-@fetch_app.command("cifar100")
-def fetch_cifar100_command(data_dir: DataDir = None, verify: Verify = True):
-    """Download CIFAR-100 (python version) from its official URL and check it."""
+def _fetch(title: str, folder: str, load: Callable[..., Any], classes: int, data_dir: Optional[Path],
+           verify: bool) -> None:
+    """Load a dataset with ``load`` (downloading it if missing); report its folder and checksums."""
     try:
-        with err.status("Fetching and checking CIFAR-100"):
-            data = load_cifar100(data_dir, verify=verify)
+        with err.status(f"Fetching and checking {title}"):
+            data = load(data_dir, verify=verify)
     except (DataUnavailable, OSError) as exc:
         raise fail(str(exc), 1)
-    typer.echo(f"CIFAR-100 ready in {resolve_data_dir(data_dir) / FOLDER}: "
-               f"{len(data.train_labels):,} train and {len(data.test_labels):,} test images, "
-               f"{len(data.label_names)} classes.")
+    typer.echo(f"{title} ready in {resolve_data_dir(data_dir) / folder}: {len(data.train_labels):,} train and "
+               f"{len(data.test_labels):,} test images, {classes} classes.")
     typer.echo("Checksums: " + ("official (MD5 and SHA-256 match)" if data.verified else
                                 "NOT the official files (unverified)"))
     for name, digest in data.sha256.items():
         typer.echo(f"  {name}: SHA-256 {digest}")
+
+
+@fetch_app.command("cifar100")
+def fetch_cifar100_command(data_dir: DataDir = None, verify: Verify = True):
+    """Download CIFAR-100 (python version) from its official URL and check it."""
+    fmt = cifar100.FORMAT
+    _fetch(fmt.title, fmt.folder, cifar100.load_cifar100, fmt.classes, data_dir, verify)
+
+
+@fetch_app.command("cifar10")
+def fetch_cifar10_command(data_dir: DataDir = None, verify: Verify = True):
+    """Download CIFAR-10 (python version) from its official URL and check it."""
+    fmt = cifar10.FORMAT
+    _fetch(fmt.title, fmt.folder, cifar10.load_cifar10, fmt.classes, data_dir, verify)
+
+
+@fetch_app.command("emnist")
+def fetch_emnist_command(data_dir: DataDir = None, verify: Verify = True):
+    """Download EMNIST (NIST's gzip.zip; the balanced split is read) and check it."""
+    _fetch("EMNIST (balanced)", emnist.FOLDER, emnist.load_emnist, emnist.CLASSES, data_dir, verify)

@@ -136,3 +136,93 @@ def fast_resnet_init():
 
     with mock.patch.object(rng, "normal", draw):
         yield
+
+
+def write_tiny_emnist(root: Path, splits: dict | None = None, seed: int = 0) -> Path:
+    """EMNIST's official archive ``<root>/emnist/gzip.zip``: for each ``splits[name][part] = (images, labels)``
+    the gzipped IDX members ``gzip/emnist-<name>-<part>-images-idx3-ubyte.gz`` and ``...-labels-idx1-ubyte.gz``,
+    images stored as given (EMNIST's transposed storage). Default: ``balanced`` with 94 train and 47 test random
+    images (every one of the 47 classes present) and a ``byclass`` split of other images. Returns ``root``.
+    Not the official checksums: use ``verify=False``."""
+    import tempfile
+    import zipfile
+
+    g = np.random.default_rng(seed)
+    if splits is None:
+        splits = {name: {part: (g.integers(0, 256, (47 * k, 28, 28), dtype=np.uint8),
+                                g.permutation(np.arange(47 * k) % classes).astype(np.uint8))
+                         for part, k in (("train", 2), ("test", 1))}
+                  for name, classes in (("balanced", 47), ("byclass", 62))}
+    folder = Path(root) / "emnist"
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as scratch, zipfile.ZipFile(folder / "gzip.zip", "w") as archive:
+        for name, parts in splits.items():
+            for part, arrays in parts.items():
+                for kind, array in zip(("images-idx3", "labels-idx1"), arrays):
+                    member = f"emnist-{name}-{part}-{kind}-ubyte.gz"
+                    write_idx(Path(scratch) / member, array)
+                    archive.write(Path(scratch) / member, f"gzip/{member}")
+    return Path(root)
+
+
+@pytest.fixture(scope="session")
+def tiny_emnist(tmp_path_factory) -> Path:
+    """Data root holding a tiny EMNIST archive ``<root>/emnist/gzip.zip`` (unverified; see write_tiny_emnist)."""
+    return write_tiny_emnist(tmp_path_factory.mktemp("emnist") / "data")
+
+
+@pytest.fixture(scope="session")
+def emnist_writer():
+    """:func:`write_tiny_emnist`, for tests that need their own archive."""
+    return write_tiny_emnist
+
+
+def write_tiny_cifar10(root: Path, batches: dict | None = None, seed: int = 0) -> Path:
+    """``<root>/cifar-10-python.tar.gz`` in the official layout: ``cifar-10-batches-py/`` with ``data_batch_1..5``,
+    ``test_batch`` and ``batches.meta``, pickled (protocol 2, bytes keys) as the official Python 2 files read in
+    Python 3. ``batches``: batch name -> (data uint8 [N, 3072], labels); default: 2 random images of each class in
+    each training batch and 1 in the test batch, shuffled. Returns ``root``. Not the official checksums."""
+    import io
+    import pickle
+    import tarfile
+
+    g = np.random.default_rng(seed)
+    if batches is None:
+        batches = {name: (g.integers(0, 256, (10 * k, 3072), dtype=np.uint8), g.permutation(np.arange(10 * k) % 10))
+                   for name, k in [(f"data_batch_{i}", 2) for i in range(1, 6)] + [("test_batch", 1)]}
+    files = {name: {b"batch_label": name.encode(), b"labels": [int(y) for y in labels], b"data": data,
+                    b"filenames": [b"x.png"] * len(data)} for name, (data, labels) in batches.items()}
+    files["batches.meta"] = {b"num_cases_per_batch": 10000, b"num_vis": 3072,
+                             b"label_names": [f"class_{i}".encode() for i in range(10)]}
+    Path(root).mkdir(parents=True, exist_ok=True)
+    with tarfile.open(Path(root) / "cifar-10-python.tar.gz", "w:gz") as tar:
+        for name, content in files.items():
+            raw = pickle.dumps(content, protocol=2)
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(raw)
+            tar.addfile(info, io.BytesIO(raw))
+    return Path(root)
+
+
+@pytest.fixture(scope="session")
+def tiny_cifar10(tmp_path_factory) -> Path:
+    """Data root holding a tiny ``cifar-10-python.tar.gz`` (unverified; extracted on first load)."""
+    return write_tiny_cifar10(tmp_path_factory.mktemp("cifar10") / "data")
+
+
+@pytest.fixture(scope="session")
+def cifar10_writer():
+    """:func:`write_tiny_cifar10`, for tests that need their own tarball."""
+    return write_tiny_cifar10
+
+
+@pytest.fixture
+def dropped_connection(monkeypatch):
+    """Make every download write part of a file, then fail as a dropped connection does."""
+    from plastibench.data import download
+
+    def fetch(url, tmp, **kwargs):
+        tmp.write_bytes(b"\x1f\x8b\x08 the first bytes")
+        raise ConnectionResetError("connection reset by peer")
+
+    monkeypatch.setattr(download, "_fetch", fetch)

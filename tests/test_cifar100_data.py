@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 from plastibench.cli_data import data_app
 from plastibench.data import cifar100
-from plastibench.data.cifar100 import Cifar100, load_cifar100
+from plastibench.data.cifar import CifarData
+from plastibench.data.cifar100 import load_cifar100
 from plastibench.data.files import file_digests, read_pickle
 from plastibench.data.paths import DataUnavailable
 
@@ -88,7 +89,7 @@ def official(monkeypatch, mirror):
         monkeypatch.setitem(cifar100.SHA256, name, sha256)
 
 
-def check_tiny(data: Cifar100) -> None:
+def check_tiny(data: CifarData) -> None:
     assert data.train_images.shape == (20, 3, 32, 32) and data.train_images.dtype == np.uint8
     assert data.test_images.shape == (10, 3, 32, 32)
     assert data.train_labels.dtype == np.int64 and data.train_labels.tolist() == TRAIN[1]

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from plastibench.augment import normalize_cifar100
 from plastibench.cli import app
-from plastibench.data import cifar100
+from plastibench.data import cifar
 from plastibench.data.cifar100 import load_cifar100
 from plastibench.data.paths import DataUnavailable
 from plastibench.engine import Engine
@@ -321,7 +321,7 @@ def test_missing_cifar_offline_exits_1_with_the_source_and_the_command(tmp_path,
     def fail(urls, dest, sha256, **kwargs):
         raise DataUnavailable("network disabled in tests")
 
-    monkeypatch.setattr(cifar100, "download_verified", fail)
+    monkeypatch.setattr(cifar, "download_verified", fail)
     result = invoke("run", "--method", "bp", "--task", "icifar100", "--protocol", "smoke", "--device", "cpu",
                     "--data-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "runs"))
     assert result.exit_code == 1

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from plastibench.cli_data import data_app
 from plastibench.data import imagenet32
-from plastibench.data.cifar100 import file_digests
 from plastibench.data.download import sha256_file
+from plastibench.data.files import file_digests
 from plastibench.data.imagenet32 import (import_imagenet32, import_reference_archive,
                                          load_imagenet32_store)
 from plastibench.data.paths import DataUnavailable

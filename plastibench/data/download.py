@@ -70,3 +70,11 @@ def download_verified(
             tmp.unlink(missing_ok=True)
     tried = "\n".join(f"  - {failure}" for failure in failures) or "  (no URLs given)"
     raise DataUnavailable(f"Could not download {dest.name} into {dest.parent}. Tried:\n{tried}")
+
+
+def download_hint(command: str, root: Path, urls: Sequence[str], failure: str | None) -> str:
+    """The part of a missing-data message about downloading: disabled (``failure`` None) or failed."""
+    if failure is None:
+        return f"Downloading is disabled; allow it (plastibench data fetch {command}) to fetch {', '.join(urls)}."
+    return (f"Downloading failed:\n{failure}\nWhen the network is back, fetch it with: "
+            f"plastibench data fetch {command} --data-dir {root}")

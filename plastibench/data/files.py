@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from plastibench.data.paths import DataUnavailable
+
 _CHUNK = 1 << 20
 
 
@@ -21,6 +23,21 @@ def file_digests(path: str | os.PathLike[str]) -> tuple[str, str]:
             md5.update(chunk)
             sha256.update(chunk)
     return md5.hexdigest(), sha256.hexdigest()
+
+
+def require_official(title: str, path: str | os.PathLike[str], digests: tuple[str, str], md5: str, sha256: str,
+                     remedy: str) -> None:
+    """Raise ``DataUnavailable`` unless ``digests`` (MD5, SHA-256 of ``path``) are ``md5`` and ``sha256``.
+
+    The message names the dataset ``title``, the file, the digest that differs, then ``remedy``
+    and the ``--no-verify`` way out.
+    """
+    for kind, actual, expected in (("MD5", digests[0], md5), ("SHA-256", digests[1], sha256)):
+        if actual != expected:
+            raise DataUnavailable(
+                f"{title} file {path} does not contain the official data: its {kind} is {actual}, "
+                f"expected {expected} (checksum mismatch). {remedy} To use it anyway, pass --no-verify; "
+                "results are then marked unverified.")
 
 
 def _pickle_globals() -> dict[tuple[str, str], Any]:

@@ -68,7 +68,7 @@ def _read_content(path: str | os.PathLike[str]) -> bytes:
         raise ValueError(f"{path}: corrupt gzip data ({exc})") from exc
 
 
-def _parse_idx(content: bytes, source: str | os.PathLike[str]) -> np.ndarray:
+def parse_idx(content: bytes, source: str | os.PathLike[str]) -> np.ndarray:
     """Parse IDX bytes into a native-endian array; errors name ``source``."""
     if len(content) < 4 or content[0] != 0 or content[1] != 0:
         raise ValueError(
@@ -96,7 +96,7 @@ def _parse_idx(content: bytes, source: str | os.PathLike[str]) -> np.ndarray:
 
 def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     """Read an IDX file (plain or gzipped, detected by magic bytes) into a numpy array."""
-    return _parse_idx(_read_content(path), path)
+    return parse_idx(_read_content(path), path)
 
 
 def write_idx(path: str | os.PathLike[str], array: np.ndarray) -> None:
@@ -222,7 +222,7 @@ def load_mnist(
             digests[name] = hashlib.sha256(content).hexdigest()
             if verify:
                 _verify(path, name, digests[name])
-            arrays.append(_parse_idx(content, path))
+            arrays.append(parse_idx(content, path))
         _check_split(*arrays, found)
     except ValueError as exc:
         raise DataUnavailable(
