@@ -212,12 +212,17 @@ def slurm_cluster(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def ray_env():
-    """Ray importable, and the clusters this session starts or joins without token authentication
-    or usage reports."""
+    """Ray importable; the clusters this session starts or joins without token authentication or
+    usage reports, their files under a temporary directory removed at the end (short: Ray's
+    socket paths must fit in 107 bytes)."""
     if importlib.util.find_spec("ray") is None:
         missing("ray", 'pip install -e ".[cluster]"')
-    with environ(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0"):
-        yield
+    temp = tempfile.mkdtemp(prefix="ray")
+    try:
+        with environ(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", RAY_TMPDIR=temp):
+            yield
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -227,11 +232,10 @@ def ray_cluster(ray_env, tmp_path_factory) -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    temp = Path(tempfile.mkdtemp(prefix="ray"))  # short: Ray's socket paths must fit in 107 bytes
     log = tmp_path_factory.mktemp("ray") / "head.log"
     command = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", f"--port={port}",
                "--node-ip-address=127.0.0.1", "--num-cpus=2", "--include-dashboard=false",
-               "--disable-usage-stats", f"--temp-dir={temp}"]
+               "--disable-usage-stats"]
     with open(log, "w") as out:
         head = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
@@ -248,4 +252,3 @@ def ray_cluster(ray_env, tmp_path_factory) -> str:
             except subprocess.TimeoutExpired:
                 os.killpg(head.pid, signal.SIGKILL)
                 head.wait()
-            shutil.rmtree(temp, ignore_errors=True)
