@@ -14,15 +14,15 @@ of the prepared random-number blocks. Before a segment the engine sets the clock
 blocks and lets the task set up its segment; the segment itself runs eagerly, or replays captured
 steps (:mod:`plastibench.capture`: a CUDA graph, or a compiled step on a CPU).
 
-At every task boundary the engine records the task's diagnostics (``Task.diagnostics``); it checkpoints
-whenever ``checkpoint_every`` seconds have passed, at the end, and on Ctrl-C, SIGTERM, SIGHUP or
-SIGUSR1 (Slurm's warning signal), each deferred to the end of the step (eager) or captured block in
-flight, so that the checkpoint never holds a half-done step; Ctrl-C then raises KeyboardInterrupt,
-the others :class:`Preempted`. The wall clock is read between steps: the steppers hand control back
-when a checkpoint or a progress report (``report_every`` seconds) is due, so neither is late by more
-than a step or a captured block, whatever the task's length. A new engine on the same run directory
-resumes from the checkpoint (elapsed time included) and ends bit-for-bit where an uninterrupted run
-would (on CPU).
+At every task boundary the engine records the task's diagnostics (``Task.diagnostics``); it
+checkpoints whenever ``checkpoint_every`` seconds have passed, at the end, and on Ctrl-C, SIGTERM,
+SIGHUP, SIGUSR1 or SIGUSR2 (warning signals of ``sbatch --signal``; submitit asks for USR2), each
+deferred to the end of the step (eager) or captured block in flight, so that the checkpoint never
+holds a half-done step; Ctrl-C then raises KeyboardInterrupt, the others :class:`Preempted`. The
+wall clock is read between steps: the steppers hand control back when a checkpoint or a progress
+report (``report_every`` seconds) is due, so neither is late by more than a step or a captured
+block, whatever the task's length. A new engine on the same run directory resumes from the
+checkpoint (elapsed time included) and ends bit-for-bit where an uninterrupted run would (on CPU).
 """
 
 from __future__ import annotations
@@ -65,7 +65,8 @@ class Progress:
 
 
 class Preempted(Exception):
-    """SIGTERM, SIGHUP or SIGUSR1 (Slurm's warning signal) arrived: the run checkpointed and stopped."""
+    """SIGTERM, SIGHUP, SIGUSR1 or SIGUSR2 (Slurm's warning signals) arrived: the run checkpointed and
+    stopped. The handlers that were installed before the run are back in place when it is raised."""
 
     def __init__(self, signum: int):
         super().__init__(signum)
@@ -77,8 +78,8 @@ class Preempted(Exception):
         return 128 + self.signum
 
 
-STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1")
-                     if hasattr(signal, name))
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1",
+                                                         "SIGUSR2") if hasattr(signal, name))
 
 
 def _numpy(values: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:

@@ -1,7 +1,19 @@
-"""Shared fixtures: a tiny MNIST in the official on-disk format, and a quiet torch."""
+"""Shared fixtures: tiny data sets in the official on-disk formats, a quiet torch, and real clusters
+(a single-node Slurm, a local Ray) for the tests marked ``cluster``."""
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -226,3 +238,107 @@ def dropped_connection(monkeypatch):
         raise ConnectionResetError("connection reset by peer")
 
     monkeypatch.setattr(download, "_fetch", fetch)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def missing(what: str, install: str):
+    """Skip a test whose cluster software is absent, saying how to install it; on CI (CI=true),
+    which installs it, fail instead."""
+    message = f"{what} is not installed here; install it with: {install}"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@contextmanager
+def environ(**values: str):
+    """Within: these environment variables set in this process (and the ones it starts)."""
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def pickled_by_value(request):
+    """Worker processes (loky, submitit's jobs, Ray) cannot import a test module: the module's
+    functions go by value, through every copy of cloudpickle there is (cloudpickle, Ray's, and the
+    one older joblib versions carry)."""
+    for name in ("cloudpickle", "joblib.externals.cloudpickle", "ray.cloudpickle"):
+        try:
+            importlib.import_module(name).register_pickle_by_value(request.module)
+        except ImportError:
+            pass
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory) -> Path:
+    """A single-node Slurm cluster on localhost for the session (``scripts/slurm-local``), with
+    ``SLURM_CONF`` pointing to it; yields its directory (config, logs, state)."""
+    path = os.environ.get("PATH", "") + ":/usr/sbin"
+    if not all(shutil.which(b, path=path) for b in ("sbatch", "slurmctld", "slurmd", "munged")):
+        missing("Slurm", "apt-get install slurm-wlm munge")
+    if importlib.util.find_spec("submitit") is None:
+        missing("submitit", 'pip install -e ".[cluster]"')
+    directory = tmp_path_factory.mktemp("slurm")
+    script = str(ROOT / "scripts" / "slurm-local")
+    started = subprocess.run([script, "start", str(directory)], capture_output=True, text=True)
+    if started.returncode:
+        pytest.fail(f"scripts/slurm-local start failed:\n{started.stderr}")
+    try:
+        with environ(SLURM_CONF=str(directory / "slurm.conf")):
+            yield directory
+    finally:
+        subprocess.run([script, "stop", str(directory)], capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def ray_env():
+    """Ray importable; the clusters this session starts or joins without token authentication or
+    usage reports, their files under a temporary directory removed at the end (short: Ray's
+    socket paths must fit in 107 bytes)."""
+    if importlib.util.find_spec("ray") is None:
+        missing("ray", 'pip install -e ".[cluster]"')
+    temp = tempfile.mkdtemp(prefix="ray")
+    try:
+        with environ(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", RAY_TMPDIR=temp):
+            yield
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(ray_env, tmp_path_factory) -> str:
+    """A Ray head on 127.0.0.1 with 2 CPUs for the session (``ray start --head --block``, stopped
+    by SIGTERM, which ends every process it started); yields its address."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path_factory.mktemp("ray") / "head.log"
+    command = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", f"--port={port}",
+               "--node-ip-address=127.0.0.1", "--num-cpus=2", "--include-dashboard=false",
+               "--disable-usage-stats"]
+    with open(log, "w") as out:
+        head = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 120
+            while "block forever" not in log.read_text():
+                if head.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"ray start failed:\n{log.read_text()[-3000:]}")
+                time.sleep(0.2)
+            yield f"127.0.0.1:{port}"
+        finally:
+            head.terminate()
+            try:
+                head.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(head.pid, signal.SIGKILL)
+                head.wait()

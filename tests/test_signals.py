@@ -1,5 +1,5 @@
-"""Slurm preemption and batch logs: SIGTERM, SIGHUP and SIGUSR1 checkpoint and exit with 128 + the
-signal's number; the re-run resumes to the uninterrupted result; progress goes to a log as plain
+"""Slurm preemption and batch logs: SIGTERM, SIGHUP, SIGUSR1 and SIGUSR2 checkpoint and exit with
+128 + the signal's number; the re-run resumes to the uninterrupted result; progress goes to a log as plain
 lines when stderr is not a terminal; a resumed run's elapsed time continues."""
 
 import signal
@@ -53,6 +53,25 @@ def test_a_preemption_signal_checkpoints_and_the_rerun_resumes_to_the_same_resul
     resumed = plan("bp", "scr", "smoke", "0-1", {}, tmp_path / "cut")
     execute(resumed, device=CPU)
     assert (ref.directory / "metrics.csv").read_text() == (p.directory / "metrics.csv").read_text()
+
+
+def test_usr2_defers_submitits_handler_until_the_checkpoint(tmp_path, monkeypatch, main_thread_signals):
+    """submitit installs its USR2 handler (checkpoint, requeue, exit) before the job's function runs:
+    during a run the engine's handler takes USR2 in its place, so the run checkpoints at a step's end
+    and raises Preempted, and submitit's handler is back in place when it does."""
+    outer = []
+    previous = signal.signal(signal.SIGUSR2, lambda signum, frame: outer.append(signum))
+    try:
+        p = plan("bp", "scr", "smoke", "0", {}, tmp_path)
+        _at_step(monkeypatch, 300, signal.SIGUSR2)
+        with pytest.raises(Preempted) as caught:
+            execute(p, device=CPU, checkpoint_every=1e9)
+        assert caught.value.name == "SIGUSR2" and outer == []
+        assert torch.load(p.directory / "checkpoint.pt", weights_only=False)["step_in_task"] == 51
+        signal.raise_signal(signal.SIGUSR2)
+        assert outer == [signal.SIGUSR2]
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
 
 
 def test_sigterm_through_the_cli_is_one_line_and_status_143(tmp_path, monkeypatch, main_thread_signals):
