@@ -17,6 +17,9 @@ setting plotted in ``lop/permuted_mnist/plots/all_metrics.py`` from the sweep in
 ``scr`` α = 1e-3, **plastibench's choice** of one value of the sweep 0.01/0.003/0.001 in
 ``lop/slowly_changing_regression/cfg/adam/bp/relu.json`` (the repository does not single out one;
 not tuned here).
+
+Vectorizable (``plastibench.members``): α, β1, β2 and ε may differ per member (the optimizer
+applies them per member).
 """
 
 from dataclasses import replace
@@ -33,6 +36,7 @@ class Adam(Method):
     defaults = {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8}
     task_defaults = {"scr": {"lr": 1e-3}, "pmnist": {"lr": 1e-4}}
     bounds = {"lr": POSITIVE, "beta1": UNIT_OPEN, "beta2": UNIT_OPEN, "eps": POSITIVE}
+    vectorizable = frozenset({"lr", "beta1", "beta2", "eps"})
 
     def optimizer_spec(self, spec):
         return replace(spec, name="adam", lr=self.hp["lr"], betas=(self.hp["beta1"], self.hp["beta2"]),

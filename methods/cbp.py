@@ -104,6 +104,15 @@ contribution, layer count, default init (U(±√(1/fan_in)) for linear units; co
 ``icifar100`` (``lop/incremental_cifar/cfg/continual_backpropagation.json``; η = 0.99 and ReLU are
 fixed in ``incremental_cifar_experiment.py``) resgnt, ρ = 1e-5, m = 1000, η = 0.99, contribution,
 layer count, kaiming-normal init.
+
+Vectorizable (``plastibench.members``): ρ, η and m may differ per member. The static bound K on a
+layer's replacements per step is the largest member's; a member's count never exceeds its own bound,
+and its new weights are the first rows of the (K, fan_in) draw, which are the draws it makes alone
+(``plastibench.rng`` numbers elements by flat index), so every member replaces the units, with the
+weights, that it replaces alone. The count keeps the scalar path's float64 arithmetic (the coin
+``draw ≤ ρ·|E|``), η enters each member's averages as the number would (1 − η computed in float64).
+A member with ρ = 0 replaces nothing, as CBP alone, which then skips the step (the member's unit
+statistics still run; no parameter depends on them).
 """
 
 from __future__ import annotations
@@ -114,6 +123,7 @@ from dataclasses import replace
 import torch
 
 from plastibench import rng
+from plastibench.members import host_values, is_zero, per_member
 from plastibench.method import NON_NEGATIVE, UNIT, UNIT_OPEN, HyperparameterError, Method, StepInfo
 from plastibench.nn import gain, init_bound
 from plastibench.registry import register_method
@@ -190,6 +200,7 @@ class ContinualBackprop(Method):
     # ρ a fraction of the units per step (0: CBP off); m a count of steps; η < 1, else the bias
     # correction 1 − η^age is 0 and the running averages never move.
     bounds = {"replacement_rate": UNIT, "maturity_threshold": NON_NEGATIVE, "decay_rate": UNIT_OPEN}
+    vectorizable = frozenset({"replacement_rate", "decay_rate", "maturity_threshold"})
     choices = {
         "variant": ("gnt", "resgnt"),
         "optimizer": ("default", "adamgnt"),
@@ -229,9 +240,15 @@ class ContinualBackprop(Method):
                 raise HyperparameterError("init kaiming_normal belongs to variant resgnt; gnt draws uniforms "
                                           "(kaiming, default, lecun, xavier)")
 
+    def _max_replacements(self, group: UnitGroup) -> int:
+        """K of ``group``: the largest of the members' bounds (a member's count never exceeds its own)."""
+        return max(max_replacements(rate, group.n_units, self.hp["count_rule"])
+                   for rate in host_values(self.hp["replacement_rate"]))
+
     def configure_network(self, net):
         self._check_variant()
         self.groups: list[UnitGroup] = net.unit_groups()
+        self.K = [self._max_replacements(g) for g in self.groups]
         if self.hp["variant"] == "resgnt":
             return self._configure_resgnt(net)
         if self.hp["next_bias_correction"] and any(
@@ -249,14 +266,12 @@ class ContinualBackprop(Method):
             }
             for g in self.groups
         ]
-        rate, rule = self.hp["replacement_rate"], self.hp["count_rule"]
         self.draws = [
             {
                 "count": rng.Block(self.run.seeds, f"cbp/{g.name}/count", ()),
-                "init": rng.Block(self.run.seeds, f"cbp/{g.name}/init", (max_replacements(rate, g.n_units, rule),
-                                  g.fan_in), low=-1.0, high=1.0),
+                "init": rng.Block(self.run.seeds, f"cbp/{g.name}/init", (k, g.fan_in), low=-1.0, high=1.0),
             }
-            for g in self.groups
+            for g, k in zip(self.groups, self.K)
         ]
         return net
 
@@ -270,67 +285,77 @@ class ContinualBackprop(Method):
             }
             for g in self.groups
         ]
-        rate, rule = self.hp["replacement_rate"], self.hp["count_rule"]
         self.draws = [
             {
                 "count": rng.Block(self.run.seeds, f"cbp/{g.name}/count", ()),
-                "init": rng.Block(self.run.seeds, f"cbp/{g.name}/normal", (max_replacements(rate, g.n_units, rule),
-                                  g.fan_in), rng.normal, length=16,  # big layers draw K·fan_in per step
+                "init": rng.Block(self.run.seeds, f"cbp/{g.name}/normal", (k, g.fan_in), rng.normal,
+                                  length=16,  # big layers draw K·fan_in per step
                                   std=gain(g.activation) * math.sqrt(1.0 / g.fan_in)),
             }
-            for g in self.groups
+            for g, k in zip(self.groups, self.K)
         ]
         return net
 
     @torch.no_grad()
     def after_step(self, info: StepInfo) -> None:
-        if self.hp["replacement_rate"] == 0:
+        if is_zero(self.hp["replacement_rate"]):
             return
         if self.hp["variant"] == "resgnt":
             self._resgnt_step(info)
             return
-        chosen = [self._test(group, _unit_view(h, group), state, draws, info.step)
-                  for group, h, state, draws in zip(self.groups, info.features, self.state, self.draws)]
+        chosen = [self._test(group, _unit_view(h, group), state, draws, info.step, k_max)
+                  for group, h, state, draws, k_max in zip(self.groups, info.features, self.state, self.draws,
+                                                           self.K)]
         for group, state, draws, (idx, valid, mean_act) in zip(self.groups, self.state, self.draws, chosen):
             self._generate(group, state, draws, info.step, idx, valid, mean_act)
 
     def _utility(self, group: UnitGroup, h: torch.Tensor, state: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Update and return the bias-corrected utility û and mean activation f, both ``[S, n]``."""
         eta = self.hp["decay_rate"]
-        correction = 1.0 - eta ** state["age"].double()
-        state["mean_act"].mul_(eta).add_((1 - eta) * h.mean((2, 3)))
+        age = state["age"].double()
+        correction = 1.0 - per_member(eta, age) ** age
+        batch_mean = h.mean((2, 3))
+        state["mean_act"].mul_(per_member(eta, batch_mean)).add_(per_member(1 - eta, batch_mean) * batch_mean)
         mean_act = state["mean_act"] / correction.float()
         kind = self.hp["utility"]
         centred = h if kind == "contribution" else h - mean_act[..., None, None]
         y = (group.outgoing_weight.slot_magnitude() * centred.abs().mean(2)).mean(-1)
         if kind == "adaptable_contribution":
             y = y / group.incoming_magnitude()
-        state["util"].mul_(eta).add_((1 - eta) * y)
+        state["util"].mul_(per_member(eta, y)).add_(per_member(1 - eta, y) * y)
         return state["util"] / correction.float(), mean_act
 
     def _count(self, group: UnitGroup, n_eligible: torch.Tensor, state: dict, draw: torch.Tensor) -> torch.Tensor:
         rate, rule = self.hp["replacement_rate"], self.hp["count_rule"]
+        rate = per_member(rate, state["pending"])  # float64, as the scalar path's products
         if rule == "bernoulli":
             expected = rate * n_eligible.double()
             coin = ((draw.double() <= expected) & (n_eligible > 0)).double()
-            return torch.where(expected < 1, coin, torch.floor(expected)).long()
-        add = rate * (n_eligible.double() if rule == "accumulate" else (n_eligible > 0).double() * group.n_units)
-        state["pending"] += add
-        k = torch.floor(state["pending"])
-        state["pending"] -= k
-        return k.long()
+            k = torch.where(expected < 1, coin, torch.floor(expected)).long()
+        else:
+            add = rate * (n_eligible.double() if rule == "accumulate" else (n_eligible > 0).double() * group.n_units)
+            state["pending"] += add
+            k = torch.floor(state["pending"])
+            state["pending"] -= k
+            k = k.long()
+        if torch.is_tensor(rate):  # a member with ρ = 0 replaces nothing, as CBP alone returns at once
+            k = k * (rate > 0)
+        return k
 
-    def _test(self, group: UnitGroup, h: torch.Tensor, state: dict, draws: dict, step: int):
+    def _eligible(self, state: dict) -> torch.Tensor:
+        age = state["age"]
+        return age > per_member(self.hp["maturity_threshold"], age)
+
+    def _test(self, group: UnitGroup, h: torch.Tensor, state: dict, draws: dict, step: int, k_max: int):
         """Age, update utilities and choose ``idx[S, K]`` (used where ``valid[S, K]``) to replace."""
         state["age"] += 1
         util, mean_act = self._utility(group, h, state)
-        eligible = state["age"] > self.hp["maturity_threshold"]
+        eligible = self._eligible(state)
         n_eligible = eligible.sum(1)
         k = torch.minimum(self._count(group, n_eligible, state, draws["count"].at(step)), n_eligible)
-        K = max_replacements(self.hp["replacement_rate"], group.n_units, self.hp["count_rule"])
         key = torch.where(eligible, util, torch.full_like(util, math.inf))
-        idx = torch.sort(key, dim=1, stable=True).indices[:, :K]
-        valid = torch.arange(K, device=idx.device) < k.unsqueeze(1)
+        idx = torch.sort(key, dim=1, stable=True).indices[:, :k_max]
+        valid = torch.arange(k_max, device=idx.device) < k.unsqueeze(1)
         return idx, valid, mean_act
 
     def _generate(self, group: UnitGroup, state: dict, draws: dict, step: int, idx: torch.Tensor,
@@ -350,12 +375,12 @@ class ContinualBackprop(Method):
     def _resgnt_step(self, info: StepInfo) -> None:
         """ResGnT: test every layer on the post-step weights, then replace layer by layer."""
         eta, step = self.hp["decay_rate"], info.step
-        K = [max_replacements(self.hp["replacement_rate"], g.n_units, self.hp["count_rule"]) for g in self.groups]
         chosen = []
-        for group, h, state, draws, k_max in zip(self.groups, info.features, self.state, self.draws, K):
+        for group, h, state, draws, k_max in zip(self.groups, info.features, self.state, self.draws, self.K):
             state["age"] += 1
-            state["feature_mag"].add_((1 - eta) * _mean_magnitude(h, group))  # no decay: a running sum
-            eligible = state["age"] > self.hp["maturity_threshold"]
+            magnitude = _mean_magnitude(h, group)
+            state["feature_mag"].add_(per_member(1 - eta, magnitude) * magnitude)  # no decay: a running sum
+            eligible = self._eligible(state)
             n_eligible = eligible.sum(1)
             k = torch.minimum(self._count(group, n_eligible, state, draws["count"].at(step)), n_eligible)
             util = group.outgoing_magnitude()

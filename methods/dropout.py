@@ -29,6 +29,8 @@ in any stored commit (all 59 commits of the snapshot searched), so p cannot be t
 reference configs; 0.1 is our choice and must be checked against the paper's Methods and
 Extended Data Fig. 4b (dropout on Online Permuted MNIST, three p values plotted) before results
 are reported as the paper's setting. No optimizer state is touched; nothing is reset.
+
+Vectorizable (``plastibench.members``): p (each member keeps u ≥ p and scales by 1/(1 − p), its own).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from __future__ import annotations
 import torch
 
 from plastibench import rng
+from plastibench.members import is_zero, per_member
 from plastibench.method import UNIT_OPEN, Method
 from plastibench.registry import register_method
 
@@ -48,6 +51,7 @@ class Dropout(Method):
              "Nature 632:768-774 (2024)")
     defaults = {"p": 0.1}
     bounds = {"p": UNIT_OPEN}  # p = 1 would drop everything and scale by 1/0
+    vectorizable = frozenset({"p"})
 
     def configure_network(self, net):
         self.net = net
@@ -57,12 +61,13 @@ class Dropout(Method):
 
     def _drop(self, site: int, h: torch.Tensor) -> torch.Tensor:
         p = self.hp["p"]
-        if not self.net.training or p == 0.0:
+        if not self.net.training or is_zero(p):
             return h
         shape = tuple(h.shape[1:])
         block = self.blocks.get((site, shape))
         if block is None:
             block = self.blocks[site, shape] = rng.Block(self.run.seeds, f"dropout/site{site}", shape)
-        keep = block.at(self.run.clock.step) >= p
-        return h * (keep.to(h.dtype) * (1.0 / (1.0 - p)))
+        u = block.at(self.run.clock.step)
+        keep = (u >= per_member(p, u)).to(h.dtype)
+        return h * (keep * per_member(1.0 / (1.0 - p), keep))
 

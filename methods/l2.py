@@ -11,9 +11,14 @@ and the value was not tuned here); ``cimagenet`` λ = 3e-6 with the config's own
 0.03 instead of the protocol's 0.01 (``lop/imagenet/cfg/l2.json``; ``lr`` = 0 keeps the protocol's
 rate); ``icifar100`` λ = 5e-4, the rate every CIFAR config already uses (the paper has no separate
 L2 run there, so ``l2`` equals ``bp`` on that task).
+
+Vectorizable (``plastibench.members``): λ and ``lr`` may differ per member (the optimizer applies
+them per member; a member's ``lr`` = 0 takes the protocol's rate, as alone).
 """
 
 from dataclasses import replace
+
+import torch
 
 from plastibench.method import NON_NEGATIVE, Method, with_weight_decay
 from plastibench.registry import register_method
@@ -28,7 +33,11 @@ class L2(Method):
     task_defaults = {"scr": {"weight_decay": 1e-3}, "pmnist": {"weight_decay": 1e-4},
                      "cimagenet": {"weight_decay": 3e-6, "lr": 0.03}, "icifar100": {"weight_decay": 5e-4}}
     bounds = {"weight_decay": NON_NEGATIVE, "lr": NON_NEGATIVE}  # lr 0: the protocol's step size
+    vectorizable = frozenset({"weight_decay", "lr"})
 
     def optimizer_spec(self, spec):
         spec = with_weight_decay(spec, self.hp["weight_decay"])
-        return replace(spec, lr=self.hp["lr"]) if self.hp["lr"] > 0 else spec
+        lr = self.hp["lr"]
+        if torch.is_tensor(lr):
+            return replace(spec, lr=torch.where(lr > 0, lr, spec.lr))
+        return replace(spec, lr=lr) if lr > 0 else spec

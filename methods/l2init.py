@@ -41,12 +41,15 @@ Weight decay: L2 Init replaces L2 (the paper compares them as alternatives at eq
 protocol's 5e-4 toward 0 would otherwise regularise a second time, toward another point.
 
 Optimizer state: untouched (nothing is reset; the term only adds to the gradient).
+
+Vectorizable (``plastibench.members``): λ (each member's term is scaled by its own λ/2).
 """
 
 from __future__ import annotations
 
 import torch
 
+from plastibench.members import per_member
 from plastibench.method import NON_NEGATIVE, Method, with_weight_decay
 from plastibench.registry import register_method
 
@@ -59,6 +62,7 @@ class L2Init(Method):
     defaults = {"lam": 1e-2}
     task_defaults = {"cimagenet": {"lam": 1e-3}}
     bounds = {"lam": NON_NEGATIVE}
+    vectorizable = frozenset({"lam"})
 
     def optimizer_spec(self, spec):
         """No coupled weight decay: the term toward θ₀ is the regulariser (see the docstring)."""
@@ -78,7 +82,7 @@ class L2Init(Method):
         for p, p0 in zip(self.params, self.theta0):
             term = (p - p0).square().flatten(1).sum(1)
             total = term if total is None else total + term
-        return 0.5 * self.hp["lam"] * total
+        return per_member(0.5 * self.hp["lam"], total) * total
 
     def state_dict(self):
         return {"theta0": [t.clone() for t in self.theta0]}

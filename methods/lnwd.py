@@ -31,6 +31,8 @@ the effect of the LayerNorm: ``scr`` 1e-3 (``l2``), ``pmnist`` 1e-4 (``lop/permu
 l2.json``, plotted value), ``cimagenet`` 3e-6 (``lop/imagenet/cfg/l2.json``), ``icifar100`` 5e-4
 (the base system's own decay, ``lop/incremental_cifar/cfg/base_deep_learning_system.json``).
 No optimizer state is touched; nothing is reset.
+
+Vectorizable (``plastibench.members``): λ (the optimizer applies it per member).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class LayerNormWeightDecay(Method):
     task_defaults = {"scr": {"weight_decay": 1e-3}, "pmnist": {"weight_decay": 1e-4},
                      "cimagenet": {"weight_decay": 3e-6}, "icifar100": {"weight_decay": 5e-4}}
     bounds = {"weight_decay": NON_NEGATIVE}
+    vectorizable = frozenset({"weight_decay"})
 
     def configure_network(self, net):
         add_layer_norms(net, self.run.seeds)

@@ -43,12 +43,15 @@ Defaults: λ = 1e-3 (``lam``), the official value for its gridworld and MetaWorl
 per-task values are set.
 
 Optimizer state: untouched (the term only adds to the gradient).
+
+Vectorizable (``plastibench.members``): λ and s (per member: its term's factor, its fixed target).
 """
 
 from __future__ import annotations
 
 import torch
 
+from plastibench.members import per_member
 from plastibench.method import NON_NEGATIVE, POSITIVE, Method
 from plastibench.nn import BatchedLinear
 from plastibench.registry import register_method
@@ -87,6 +90,7 @@ class Parseval(Method):
     defaults = {"lam": 1e-3, "target": "init", "s": 2.0, "width_scale": True}
     choices = {"target": ("init", "fixed")}
     bounds = {"lam": NON_NEGATIVE, "s": POSITIVE}  # s: the rows' squared norm with target "fixed"
+    vectorizable = frozenset({"lam", "s"})
 
     def configure_network(self, net):
         self.weights = hidden_weights(net)
@@ -94,7 +98,7 @@ class Parseval(Method):
         for _, w in self.weights:
             self.eyes.setdefault(w.shape[1], torch.eye(w.shape[1], dtype=w.dtype, device=w.device))
         self.targets = [initial_row_norm(w) if self.hp["target"] == "init"
-                        else torch.full((w.shape[0],), self.hp["s"], dtype=w.dtype, device=w.device)
+                        else torch.as_tensor(self.hp["s"], dtype=w.dtype, device=w.device).expand(w.shape[0]).clone()
                         for _, w in self.weights]
         return net
 
@@ -104,7 +108,7 @@ class Parseval(Method):
             scale = (64.0 / w.shape[1]) ** 2 if self.hp["width_scale"] else 1.0
             term = scale * parseval_penalty(w, s, self.eyes[w.shape[1]])
             total = term if total is None else total + term
-        return self.hp["lam"] * total
+        return per_member(self.hp["lam"], total) * total
 
     def state_dict(self):
         return {"targets": [t.clone() for t in self.targets]}

@@ -60,12 +60,16 @@ the paper's hyperparameter table here to confirm that pairing, and dopamine's sh
 τ = 0, F = 200 000). Other values in circulation: FIRE's scripts τ = 0.05 (ResNet-18) and 0.01
 (ViT), checked every epoch; Kumar et al. sweep τ ∈ {0, 0.01, 0.1} with F of 1, 2 or 5 tasks
 (project notes, not checked here).
+
+Vectorizable (``plastibench.members``): τ (each member compares with its own τ). The period F,
+which places host events, is not.
 """
 
 from __future__ import annotations
 
 import torch
 
+from plastibench.members import per_member
 from plastibench.method import AT_LEAST_ONE, NON_NEGATIVE, Method, StepInfo
 from plastibench.registry import register_method
 from plastibench.units import UnitGroup, incoming_init, incoming_shape, per_unit
@@ -95,6 +99,7 @@ class ReDo(Method):
     choices = {"score_on": ("window", "batch")}
     # τ compares with a normalised score s_i ≥ 0 (mean 1; τ = 0 recycles only fully silent units)
     bounds = {"threshold": NON_NEGATIVE, "period": AT_LEAST_ONE}
+    vectorizable = frozenset({"threshold"})
 
     def configure_network(self, net):
         self.net = net
@@ -125,7 +130,8 @@ class ReDo(Method):
         """Between steps, after every F-th step: score, then recycle the dormant units. Periods are
         counted in global steps from 0, so a window always holds exactly F steps."""
         count = self.hp["period"] if self.hp["score_on"] == "window" else 1
-        dormant = [normalised_score(total / count) <= self.hp["threshold"] for total in self.window]
+        scores = [normalised_score(total / count) for total in self.window]
+        dormant = [score <= per_member(self.hp["threshold"], score) for score in scores]
         self.recycle(dormant, info.step)
         for total in self.window:
             total.zero_()

@@ -11,6 +11,9 @@ choice** of one value of that file's sweep 1e-6…1e-1 (the repository does not 
 tuned here); ``cimagenet`` λ = 1e-5, σ = 1e-5 (``lop/imagenet/cfg/snp.json``);
 ``icifar100`` λ = 5e-4 (every CIFAR config's rate), σ = 1e-5 on all parameters, BatchNorm's included
 (``cfg/shrink_and_perturb.json``, ``inject_noise``).
+
+Vectorizable (``plastibench.members``): λ (the optimizer's, per member) and σ (``rng.normal``
+scales each member's draws by its own σ).
 """
 
 import torch
@@ -32,6 +35,7 @@ class ShrinkAndPerturb(Method):
                      "cimagenet": {"weight_decay": 1e-5, "perturb_scale": 1e-5},
                      "icifar100": {"weight_decay": 5e-4, "perturb_scale": 1e-5}}
     bounds = {"weight_decay": NON_NEGATIVE, "perturb_scale": NON_NEGATIVE}  # σ = 0: no noise
+    vectorizable = frozenset({"weight_decay", "perturb_scale"})
 
     def optimizer_spec(self, spec):
         return with_weight_decay(spec, self.hp["weight_decay"])

@@ -40,6 +40,9 @@ Defaults: k = 2 and λ = 1e-4, both as the third-party restatement gives them "a
 
 Optimizer state: untouched (the term only adds to the gradient).
 
+Vectorizable (``plastibench.members``): λ (each member's term is scaled by its own). Not k (integer
+powers take their own kernels) nor the power iterations (a host loop).
+
 Sources read: the ICLR 2025 abstract and reviews (OpenReview), summaries of arXiv v1/v2, and a
 third-party PyTorch restatement (``SpectralRegularizer``, docstring "R(θ) = Σ_l [(σ₁(W_l)^k − 1)²
 + ||b_l||^{2k}]", k = 2, λ = 1e-4, one power iteration with persisted u, BN per-entry terms).
@@ -51,6 +54,7 @@ import torch
 import torch.nn.functional as F
 
 from plastibench import rng
+from plastibench.members import per_member
 from plastibench.method import AT_LEAST_ONE, NON_NEGATIVE, Method
 from plastibench.nn import BatchedLinear
 from plastibench.registry import register_method
@@ -94,6 +98,7 @@ class SpectralRegularization(Method):
     # k the exponent of σ̂ (k = 0 makes the term constant); 0 power iterations is allowed and
     # handled (σ̂ from the held u, which then no longer moves)
     bounds = {"lam": NON_NEGATIVE, "k": AT_LEAST_ONE, "power_iterations": NON_NEGATIVE}
+    vectorizable = frozenset({"lam"})
 
     def configure_network(self, net):
         column = self.hp["bias"] == "column"
@@ -127,7 +132,7 @@ class SpectralRegularization(Method):
                 total = total + layer.bias.square().sum(1).pow(k)  # ‖b‖^(2k) = (‖b‖²)^k
         for bn in self.norms:
             total = total + (bn.weight.pow(k) - 1).square().sum(1) + bn.bias.square().pow(k).sum(1)
-        return self.hp["lam"] * total
+        return per_member(self.hp["lam"], total) * total
 
     def state_dict(self):
         return {"u": [u.clone() for u in self.u]}

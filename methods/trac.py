@@ -46,6 +46,9 @@ next step, as the code would.
 
 Defaults: none to tune (the paper's point); ``s_prev`` and ``eps`` are the code's 1e-8 on every
 task.
+
+Vectorizable (``plastibench.members``): ``s_prev`` and ``eps`` (per member: its tuners' scale
+s_prev/erfi(1/√2), computed in float64 as for a number, and its ε).
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ import math
 
 import torch
 
+from plastibench.members import per_member
 from plastibench.method import POSITIVE, Method, make_optimizer
 from plastibench.registry import register_method
 
@@ -104,7 +108,7 @@ class TRACOptimizer(torch.optim.Optimizer):
         device = seeds.device
         self.betas = torch.tensor(betas, dtype=torch.float32, device=device)
         one_over_sqrt2 = torch.tensor(1.0 / math.sqrt(2.0), dtype=torch.float64)
-        self.f_term = torch.tensor(s_prev, dtype=torch.float64) / erfi(one_over_sqrt2)
+        self.f_term = torch.as_tensor(s_prev, dtype=torch.float64) / erfi(one_over_sqrt2)  # [S] per member
         self.f_term = self.f_term.to(torch.float32).to(device)
         self.trac: dict = {}
 
@@ -131,7 +135,8 @@ class TRACOptimizer(torch.optim.Optimizer):
         dtype = t["variance"].dtype  # float32 whatever the parameters' dtype, as the code's 0-dim h
         t["variance"].copy_(t["variance"] * self.betas ** 2 + (h * h).to(dtype).unsqueeze(1))
         t["sigma"].copy_(t["sigma"] * self.betas - h.to(dtype).unsqueeze(1))
-        return self.f_term * erfi(t["sigma"] / (math.sqrt(2.0) * torch.sqrt(t["variance"]) + self.eps))
+        spread = math.sqrt(2.0) * torch.sqrt(t["variance"]) + per_member(self.eps, t["variance"])
+        return per_member(self.f_term, spread) * erfi(t["sigma"] / spread)
 
     @staticmethod
     def _per_seed(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -148,7 +153,8 @@ class TRACOptimizer(torch.optim.Optimizer):
             if "ref" not in self.trac:
                 self._init(before, params)
             t = self.trac
-            denominator = t["s"].sum(1) + self.eps
+            total = t["s"].sum(1)
+            denominator = total + per_member(self.eps, total)
             h = torch.zeros(self.seeds.numel(), dtype=params[live[0]].dtype if live else None,
                             device=self.seeds.device)
             deltas = {}
@@ -189,6 +195,7 @@ class TRAC(Method):
              "learning, NeurIPS 2024")
     defaults = {"s_prev": 1e-8, "eps": 1e-8}
     bounds = {"s_prev": POSITIVE, "eps": POSITIVE}  # s_prev = 0 would pin every s_j, so θ, at θ_ref
+    vectorizable = frozenset({"s_prev", "eps"})
 
     def build_optimizer(self, params, spec):
         return TRACOptimizer(make_optimizer(params, spec), self.run.seeds, s_prev=self.hp["s_prev"],

@@ -56,6 +56,9 @@ not run on our streams, so each of ours takes the settings of the nearest UPGD p
 
 These are transfers, not values tuned on our streams. The repository's search grids
 (``experiments/<problem>.py``) span η ∈ {1e-2…1e-5} and λ ∈ {0, 1e-1…1e-4}.
+
+Vectorizable (``plastibench.members``): η, β, σ and λ (the optimizer applies each per member;
+1 − η·λ is computed in float64 per member, as Python computes it, then cast).
 """
 
 from __future__ import annotations
@@ -64,11 +67,13 @@ import torch
 
 from plastibench import rng
 from plastibench.clock import StepClock
+from plastibench.members import is_zero, per_member, plus_
 from plastibench.method import NON_NEGATIVE, POSITIVE, UNIT_OPEN, HyperparameterError, Method
+from plastibench.optim import MemberSettings
 from plastibench.registry import register_method
 
 
-class UPGDOptimizer(torch.optim.Optimizer):
+class UPGDOptimizer(MemberSettings, torch.optim.Optimizer):
     """First-order, global-max UPGD on seed-batched parameters ``[S, ...]``.
 
     ``purposes[i]`` names the i-th parameter (over all groups, in order) for its noise draws.
@@ -80,6 +85,7 @@ class UPGDOptimizer(torch.optim.Optimizer):
                  beta_utility: float, sigma: float, clock: StepClock | None = None):
         defaults = dict(lr=lr, weight_decay=weight_decay, beta_utility=beta_utility, sigma=sigma)
         super().__init__(params, defaults)
+        self._install(defaults)  # per-member settings: the optimizer's own copies
         self.seeds = seeds
         self.clock = clock
         flat = [p for group in self.param_groups for p in group["params"]]
@@ -115,19 +121,19 @@ class UPGDOptimizer(torch.optim.Optimizer):
                 state["step"] = torch.zeros((), dtype=torch.int64, device=p.device)
                 state["utility"] = torch.zeros_like(p)
             state["step"] += 1  # in place, on the device
-            beta = group["beta_utility"]
-            state["utility"].mul_(beta).add_(-p.grad * p, alpha=1 - beta)
+            beta, utility = group["beta_utility"], state["utility"]
+            plus_(utility.mul_(per_member(beta, utility)), -p.grad * p, 1 - beta)
             maxima.append(state["utility"].flatten(1).amax(1))
         global_max = torch.stack(maxima).amax(0)  # [S]: per seed, over all of its parameters
         for group, p in live:
             state = self.state[p]
             lr, beta, sigma = group["lr"], group["beta_utility"], group["sigma"]
-            corrected = state["utility"] / (1 - torch.pow(beta, state["step"].double())).to(p.dtype)
+            corrected = state["utility"] / per_member(1 - torch.pow(beta, state["step"].double()), p)
             ratio = corrected / self._per_seed(global_max, p)
             ratio = torch.where(corrected == 0, torch.zeros_like(ratio), ratio)
             gate = 1 - torch.sigmoid(ratio)
-            direction = p.grad if sigma == 0 else p.grad + sigma * self._xi(p, state["step"])
-            p.mul_(1 - lr * group["weight_decay"]).add_(direction * gate, alpha=-lr)
+            direction = p.grad if is_zero(sigma) else p.grad + per_member(sigma, p) * self._xi(p, state["step"])
+            plus_(p.mul_(per_member(1 - lr * group["weight_decay"], p)), direction * gate, -lr)
         return loss
 
 
@@ -140,6 +146,7 @@ class UPGD(Method):
     defaults = {"lr": 0.01, "beta_utility": 0.9999, "sigma": 0.1, "weight_decay": 0.01}
     # β < 1: the trace's bias correction divides by 1 − β^t
     bounds = {"lr": POSITIVE, "beta_utility": UNIT_OPEN, "sigma": NON_NEGATIVE, "weight_decay": NON_NEGATIVE}
+    vectorizable = frozenset({"lr", "beta_utility", "sigma", "weight_decay"})
     task_defaults = {
         "scr": {"lr": 0.01, "beta_utility": 0.9999, "sigma": 0.1, "weight_decay": 0.01},
         "pmnist": {"lr": 0.01, "beta_utility": 0.9999, "sigma": 0.1, "weight_decay": 0.01},

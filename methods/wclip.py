@@ -47,6 +47,8 @@ Kaiming-normal init exceeds any fixed multiple of 1/√fan_in in its tails; ``ic
 
 Optimizer state: untouched (as the official code, which clamps ``p.data`` after the inner
 optimizer's step; momentum and Adam moments of clipped weights are kept).
+
+Vectorizable (``plastibench.members``): ζ (each member is clamped to its own ζ·b).
 """
 
 from __future__ import annotations
@@ -55,14 +57,16 @@ import math
 
 import torch
 
+from plastibench.members import per_member
 from plastibench.method import POSITIVE, Method
 from plastibench.registry import register_method
 from plastibench.vision import BatchedBatchNorm2d
 
 
-def clip_bounds(net: torch.nn.Module, zeta: float, clip_last_layer: bool = True,
-                clip_norm: bool = True) -> list[tuple[str, torch.Tensor, float]]:
-    """(name, parameter, ζ·b) for every clipped parameter, in ``named_parameters()`` order."""
+def clip_bounds(net: torch.nn.Module, zeta: float | torch.Tensor, clip_last_layer: bool = True,
+                clip_norm: bool = True) -> list[tuple[str, torch.Tensor, float | torch.Tensor]]:
+    """(name, parameter, ζ·b) for every clipped parameter, in ``named_parameters()`` order (ζ·b per
+    member, float64, for a per-member ζ)."""
     norm_params = {id(p) for m in net.modules() if isinstance(m, BatchedBatchNorm2d) for p in m.parameters()}
     named = list(net.named_parameters())
     if not clip_last_layer:
@@ -90,6 +94,7 @@ class WeightClipping(Method):
     defaults = {"zeta": 1.0, "clip_last_layer": True, "clip_norm": True}
     task_defaults = {"scr": {"zeta": 3.0}, "pmnist": {"zeta": 3.0}}
     bounds = {"zeta": POSITIVE}  # ζ = 0 would clamp every parameter to 0
+    vectorizable = frozenset({"zeta"})
 
     def configure_network(self, net):
         self.clips = clip_bounds(net, self.hp["zeta"], self.hp["clip_last_layer"], self.hp["clip_norm"])
@@ -98,4 +103,4 @@ class WeightClipping(Method):
     @torch.no_grad()
     def after_step(self, info):
         for _, p, bound in self.clips:
-            p.clamp_(-bound, bound)
+            p.clamp_(per_member(-bound, p), per_member(bound, p))

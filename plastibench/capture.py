@@ -6,8 +6,9 @@ a pure function of device state (see :mod:`plastibench.engine`). Three steppers:
 * ``eager``: calls the step n times from Python, checking for Ctrl-C between steps.
 * ``cuda-graph``: captures ``STEPS_PER_GRAPH`` consecutive steps (forward, loss, backward, optimizer,
   method hooks) as one ``torch.cuda.CUDAGraph`` and replays it; a shorter remainder gets a graph of
-  its own length. A graph is keyed by the task index, its length and the optimizer's scalar settings
-  (a learning-rate schedule changes them between segments), and the graphs of a finished task are
+  its own length. A graph is keyed by the task index, its length and the optimizer's settings (a
+  learning-rate schedule changes them between segments; a per-member tensor setting counts by
+  identity, as the graph reads its memory), and the graphs of a finished task are
   dropped. The first steps of every task run eagerly, on a side stream, as the warm-up capture needs
   (lazy optimizer state, cuBLAS and cuDNN workspaces); capture records kernels without running them,
   so each captured step is then run exactly once, by its replay.
@@ -67,10 +68,33 @@ class CompiledStepper(EagerStepper):
         return self._loop(self.compiled, n)
 
 
+class _Same:
+    """A tensor as part of a graph key: equal only to itself (a graph reads that tensor's memory, so
+    an in-place change is seen by the replay, a new tensor needs a new graph). The key keeps it alive."""
+
+    __slots__ = ("tensor",)
+
+    def __init__(self, tensor: torch.Tensor):
+        self.tensor = tensor
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _Same) and other.tensor is self.tensor
+
+    def __hash__(self) -> int:
+        return id(self.tensor)
+
+
+def _key(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return tuple(_key(v) for v in value)
+    return _Same(value) if torch.is_tensor(value) else value
+
+
 def _settings(optimizer: torch.optim.Optimizer) -> tuple:
-    """The optimizer's scalar settings (a graph bakes them in): per group, every non-tensor value."""
-    return tuple(tuple(sorted((k, v) for k, v in group.items() if k != "params" and not torch.is_tensor(v)
-                              and isinstance(v, (int, float, bool, str, tuple, type(None)))))
+    """The optimizer's settings (a graph bakes numbers in): per group, every number, string or tuple,
+    and every tensor by identity (a per-member setting, :mod:`plastibench.members`)."""
+    return tuple(tuple(sorted((k, _key(v)) for k, v in group.items() if k != "params"
+                              and isinstance(v, (int, float, bool, str, tuple, type(None), torch.Tensor))))
                  for group in optimizer.param_groups)
 
 

@@ -13,9 +13,11 @@ part's hooks in the order written:
 * ``state_dict`` is namespaced by part: ``{"cbp": {...}, "l2": {...}}``.
 
 Hyperparameters are namespaced ``PART.KEY`` (``cbp.replacement_rate``); an unqualified ``KEY`` is
-accepted where exactly one part has it. Each part's ``choices`` and ``bounds`` hold for its keys. Two parts that claim the same thing (``Method.claims``:
-two optimizers, two weight decays, ...) or that both build the optimizer cannot be composed: that is
-a :class:`CompositionError`, a usage error (exit status 2 on the command line).
+accepted where exactly one part has it. Each part's ``choices``, ``bounds`` and ``vectorizable``
+hold for its keys (``vectorizable`` as ``PART.KEY``, the keys of ``hparams_for``). Two parts that
+claim the same thing (``Method.claims``: two optimizers, two weight decays, ...) or that both build
+the optimizer cannot be composed: that is a :class:`CompositionError`, a usage error (exit status 2
+on the command line).
 """
 
 from __future__ import annotations
@@ -209,6 +211,7 @@ def _compose(canonical: str) -> type[Composite]:
         "choices": {k: v for p in parts for k, v in namespaced(p.choices, p).items()},
         "bounds": {k: v for p in parts for k, v in namespaced(p.bounds, p).items()},
         "claims": frozenset().union(*(p.claims for p in parts)),
+        "vectorizable": frozenset(f"{p.name}.{k}" for p in parts for k in p.vectorizable),
     }
     return type(f"Composite[{canonical}]", (Composite,), attrs)
 

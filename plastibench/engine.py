@@ -23,6 +23,13 @@ wall clock is read between steps: the steppers hand control back when a checkpoi
 report (``report_every`` seconds) is due, so neither is late by more than a step or a captured
 block, whatever the task's length. A new engine on the same run directory resumes from the
 checkpoint (elapsed time included) and ends bit-for-bit where an uninterrupted run would (on CPU).
+
+The seed list may repeat seeds: a grid's configurations then train as members of one model
+(:mod:`plastibench.members`), seeds ``[0, 1, 0, 1]`` for two configurations of seeds 0-1, with the
+per-member hyperparameters ``members.member_hparams`` builds. Every per-seed quantity (data, random
+draws, divergence) is indexed by position or drawn from the seed, so a member equals its
+configuration's own run. The records hold one value per member;
+:class:`plastibench.batched.MemberEngine` writes each configuration's rows to its own run directory.
 """
 
 from __future__ import annotations

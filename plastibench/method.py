@@ -22,6 +22,11 @@ counter that changes from step to step, and draw random numbers from :mod:`plast
 the device step. ``tests/test_conformance.py`` checks all of this for every registered method. A
 method that cannot meet it sets ``capturable = False``; the engine then runs it eagerly and the run
 records that it did.
+
+Grid points that share the network shape can run as *members* of one batched model
+(:mod:`plastibench.members`): the hyperparameters a method lists in ``vectorizable`` may then arrive
+as per-member tensors ``[S]``, which it applies with ``members.per_member`` (a Python number passes
+through unchanged). ``tests/test_members.py`` checks that every member equals its configuration run alone.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import torch
 import yaml
 
 from .clock import StepClock
+from .members import check_members
 from .optim import make_optimizer  # noqa: F401  (methods import it from here)
 from .protocol import OptimizerSpec, Protocol
 
@@ -166,11 +172,17 @@ class Method:
     # False for a method whose step cannot be captured (a host sync or host state inside the step):
     # the engine then runs it eagerly whatever ``--capture`` says, and records that it did.
     capturable: ClassVar[bool] = True
+    # The hyperparameters that may differ between the members of one batched model
+    # (:mod:`plastibench.members`): such a value arrives as a per-member tensor ``[S]`` (float64, or
+    # int64 for an int), which the method applies with ``members.per_member``. Element-wise values
+    # only: never choices, shapes, periods or anything the host branches on.
+    vectorizable: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, hparams: Mapping[str, Any], run: RunContext):
         self.hp = dict(hparams)
         self.run = run
         self.check_hparams(self.hp)
+        check_members(self.hp, self.vectorizable, run.seeds.numel())
 
     @classmethod
     def hparameter_names(cls) -> set[str]:

@@ -15,6 +15,7 @@ from torch import nn
 
 from . import rng
 from .init import gain, init_bound  # noqa: F401 (gain: vision and methods/cbp import it from here)
+from .members import is_zero, per_member
 from .units import InitRule, UnitGroup, UnitParam, UnitReset
 
 
@@ -63,6 +64,9 @@ class _BatchedLinearFunction(torch.autograd.Function):
     from the old W: ``W ← W − lr·∂yᵀ·x`` as one ``baddbmm_`` and ``b ← b − lr·Σ_B ∂y``, and returns no
     gradient for W and b (the optimizer then skips them). That saves writing and re-reading a
     gradient as large as W every step; the update agrees with the optimizer's to float rounding.
+    A per-member rate ``lr[S]`` (:mod:`plastibench.members`) scales ∂y per member before the product
+    instead (``baddbmm_`` takes one alpha): the bias update is the optimizer's bit for bit, the
+    weight's agrees with it, and with a member's own run, to float rounding.
     """
 
     # forward(ctx, ...) rather than a separate setup_context: the latter binds arguments through
@@ -82,8 +86,12 @@ class _BatchedLinearFunction(torch.autograd.Function):
         if ctx.sgd is not None:
             with torch.no_grad():
                 lr = ctx.sgd["lr"]
-                weight.baddbmm_(grad_out.transpose(1, 2), x, alpha=-lr)
-                ctx.bias.add_(grad_out.sum(1), alpha=-lr)
+                if torch.is_tensor(lr):  # per member: scale ∂y by −lr before the product
+                    weight.baddbmm_((grad_out * per_member(-lr, grad_out)).transpose(1, 2), x)
+                    ctx.bias.addcmul_(grad_out.sum(1), per_member(-lr, ctx.bias))
+                else:
+                    weight.baddbmm_(grad_out.transpose(1, 2), x, alpha=-lr)
+                    ctx.bias.add_(grad_out.sum(1), alpha=-lr)
             return grad_x, None, None, None
         grad_w = torch.bmm(grad_out.transpose(1, 2), x) if need_w else None
         grad_b = grad_out.sum(1) if need_b else None
@@ -111,9 +119,10 @@ class BatchedLinear(nn.Module):
 
     def fuse_sgd(self, group: dict | None) -> bool:
         """Let the backward apply plain SGD with ``group``'s rate (see :class:`_BatchedLinearFunction`);
-        only for a large weight whose group has no momentum and no weight decay. True when it does."""
-        self.sgd = group if (group is not None and self.own_backward and group.get("momentum", 0) == 0
-                             and group.get("weight_decay", 0) == 0) else None
+        only for a large weight whose group has no momentum and no weight decay (a per-member
+        momentum or decay, whose values differ, has some nonzero). True when it does."""
+        self.sgd = group if (group is not None and self.own_backward and is_zero(group.get("momentum", 0))
+                             and is_zero(group.get("weight_decay", 0))) else None
         return self.sgd is not None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

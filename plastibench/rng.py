@@ -14,6 +14,8 @@ import weakref
 
 import torch
 
+from .members import per_member
+
 _MASK = 0xFFFFFFFF
 
 
@@ -56,12 +58,14 @@ def uniform(seeds: torch.Tensor, step: int | torch.Tensor, purpose: str, shape: 
 
 
 def normal(seeds: torch.Tensor, step: int | torch.Tensor, purpose: str, shape: tuple[int, ...],
-           std: float = 1.0) -> torch.Tensor:
-    """Float32 normals N(0, std²) by Box–Muller, shape ``[S, *shape]``."""
+           std: float | torch.Tensor = 1.0) -> torch.Tensor:
+    """Float32 normals N(0, std²) by Box–Muller, shape ``[S, *shape]``; ``std`` a number or one per
+    seed ``[S]`` (a per-member value, :mod:`plastibench.members`: the same numbers as that seed's
+    draw with its std as a number)."""
     u1 = uniform(seeds, step, purpose + "/u1", shape)
     u2 = uniform(seeds, step, purpose + "/u2", shape)
     r = torch.sqrt(-2.0 * torch.log1p(-u1))
-    return std * r * torch.cos((2.0 * math.pi) * u2)
+    return per_member(std, r) * r * torch.cos((2.0 * math.pi) * u2)
 
 
 def permutation(seeds: torch.Tensor, step: int | torch.Tensor, purpose: str, n: int) -> torch.Tensor:

@@ -179,9 +179,16 @@ class IncrementalCIFAR100(Task):
 
     def _set_lr(self, optimizer, epoch: int) -> None:
         """Every parameter group follows the schedule from its own first rate (a method that sets
-        its own rate, e.g. ``adam``, keeps it as the base), remembered in the group as ``base_lr``."""
+        its own rate, e.g. ``adam``, keeps it as the base), remembered in the group as ``base_lr``.
+        A per-member rate (``plastibench.members``) follows it per member, written in place."""
         for group in optimizer.param_groups:
-            group["lr"] = self._lr(epoch, group.setdefault("base_lr", group["lr"]))
+            lr = group["lr"]
+            if not torch.is_tensor(lr):
+                group["lr"] = self._lr(epoch, group.setdefault("base_lr", lr))
+                continue
+            if "base_lr" not in group:
+                group["base_lr"] = tuple(lr.tolist())
+            lr.copy_(torch.tensor([self._lr(epoch, base) for base in group["base_lr"]], dtype=lr.dtype))
 
     def begin_task(self, task_index, net, optimizer):
         self._set_lr(optimizer, 0)

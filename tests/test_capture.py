@@ -9,6 +9,7 @@ import torch
 
 from plastibench import capture
 from plastibench.engine import Engine
+from plastibench.members import member_hparams
 from plastibench.registry import METHODS, TASKS
 from plastibench.results import run_config
 
@@ -95,6 +96,31 @@ def test_a_learning_rate_change_is_a_new_graph(tmp_path):
         group["lr"] = group["lr"] / 2
     engine.train_steps(0, 35, 35 + 32)
     assert engine.stepper.captures == 2
+
+
+def test_per_member_settings_key_graphs_by_identity(tmp_path):
+    """Per-member settings (``plastibench.members``) are tensors a graph reads from memory: replays
+    equal the eager run, an in-place change keeps the graph, a new tensor needs a new one."""
+    cls = METHODS.get("adam")
+    hp = member_hparams([cls.hparams_for("scr"), cls.hparams_for("scr", {"lr": 3e-3, "beta1": 0.8})], 2,
+                        cls.vectorizable, CPU)
+    proto = dataclasses.replace(TASKS.get("scr").protocol("smoke"), n_tasks=1, steps_per_task=80)
+    engines = [Engine(cls, hp, TASKS.get("scr"), proto, [0, 1, 0, 1], device=CPU, directory=tmp_path / str(i),
+                      config=run_config("adam", {}, proto, [0, 1, 0, 1])) for i in range(2)]
+    eager, graphs = engines
+    graphs.stepper = FakeGraphStepper(graphs)
+    graphs.stepper.steps_per_graph = 8
+    for e in engines:
+        e.run()
+    assert graphs.stepper.captures > 0
+    for (name, x), (_, y) in zip(eager.net.state_dict().items(), graphs.net.state_dict().items()):
+        assert torch.equal(x, y), name
+    key = capture._settings(graphs.optimizer)
+    group = graphs.optimizer.param_groups[0]
+    group["lr"].mul_(0.5)
+    assert capture._settings(graphs.optimizer) == key
+    group["lr"] = group["lr"].clone()
+    assert capture._settings(graphs.optimizer) != key
 
 
 def test_compiled_step_matches_eager_to_float_rounding(tmp_path):
