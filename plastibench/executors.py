@@ -51,11 +51,11 @@ def run_local(fn: Fn, items: Sequence[Any], *, jobs: int, devices: list[str]) ->
 
 def run_slurm(fn: Fn, items: Sequence[Any], *, folder: Path, partition: str | None, time_min: int,
               gpus_per_job: int, array_parallelism: int, setup: list[str],
-              log_dirs: list[Path] | None) -> list[Outcome]:
+              log_dirs: Sequence[Path | None] | None) -> list[Outcome]:
     """One array of ``len(items)`` tasks (``sbatch --array=0-N%array_parallelism --requeue
     --time=time_min``, ``--gpus-per-node=gpus_per_job`` when not 0, the ``setup`` lines before
     ``srun``); submitit keeps its pickles and logs in ``folder``, and item ``i``'s logs are copied
-    into ``log_dirs[i]`` at the end. Preemption and waiting: :mod:`plastibench.slurm`."""
+    into ``log_dirs[i]`` (when not None) at the end. Preemption and waiting: :mod:`plastibench.slurm`."""
     import submitit
 
     from .slurm import Call, outcome, wait
@@ -68,7 +68,7 @@ def run_slurm(fn: Fn, items: Sequence[Any], *, folder: Path, partition: str | No
                                setup=list(setup), additional_parameters={"requeue": True})
     jobs = executor.map_array(Call(fn, gpus_per_job), list(items))
     lost = wait(jobs)
-    return [outcome(i, job, lost.get(i), None if log_dirs is None else Path(log_dirs[i]))
+    return [outcome(i, job, lost.get(i), None if log_dirs is None or log_dirs[i] is None else Path(log_dirs[i]))
             for i, job in enumerate(jobs)]
 
 
