@@ -12,7 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
+from typer.testing import CliRunner
 
+from plastibench.cli import app
 from plastibench.executors import run_local, run_ray, run_slurm
 from plastibench.runner import execute, plan
 
@@ -121,13 +124,6 @@ def test_usr2_requeues_the_job_which_resumes_to_the_uninterrupted_result(slurm_c
     assert "Requeued job" in "".join(f.read_text() for f in (tmp_path / "logs").glob("slurm-*"))
 
 
-def test_ray_outcomes_equal_local_ones(ray_cluster, tmp_path, local):
-    outcomes = run_ray(train, items(tmp_path), address=ray_cluster, num_cpus=1, num_gpus=0)
-    assert produced(outcomes[0]) == produced(local[0])
-    assert outcomes[0].result["threads"] == 1
-    check_failed(outcomes[1])
-
-
 def test_ray_without_an_address_starts_a_cluster_for_the_call(ray_env):
     import ray
 
@@ -135,3 +131,29 @@ def test_ray_without_an_address_starts_a_cluster_for_the_call(ray_env):
     assert outcomes[0].ok and outcomes[0].result == {"item": 1, "device": "cpu", "threads": 1}
     assert not outcomes[1].ok and outcomes[1].error == "ValueError: item -1 is negative"
     assert not ray.is_initialized()
+
+
+SWEEP = {"name": "three", "tasks": ["scr"], "protocols": ["smoke"], "methods": ["cbp", "l2", "snp"],
+         "grid": {"cbp.replacement_rate": [1.0e-4, 1.0e-3], "l2.weight_decay": [1.0e-4, 1.0e-3],
+                  "snp.perturb_scale": [1.0e-4, 1.0e-3]}, "seeds": "0-4"}
+
+
+def swept(spec: Path, out: Path, *options: str) -> dict[str, tuple[dict, str]]:
+    """``plastibench sweep SPEC --out OUT OPTIONS``: {run directory name: (per-seed scores, metrics.csv)}."""
+    result = CliRunner().invoke(app, ["sweep", str(spec), "--out", str(out), *options], env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    assert "6 finished" in result.output
+    return {d.name: (yaml.safe_load((d / "summary.yaml").read_text())["per_seed"], (d / "metrics.csv").read_text())
+            for d in (out / "scr" / "smoke").iterdir() if (d / "summary.yaml").exists()}
+
+
+def test_a_sweep_gives_identical_summaries_through_local_slurm_and_ray(slurm_cluster, ray_cluster, tmp_path):
+    """The issue's check: 3 methods x 2 values x 5 seeds of scr smoke (three batched models)."""
+    spec = tmp_path / "three.yaml"
+    spec.write_text(yaml.safe_dump(SWEEP))
+    local = swept(spec, tmp_path / "local", "--jobs", "2", "--device", "cpu")
+    assert len(local) == 6
+    assert swept(spec, tmp_path / "slurm", "--executor", "slurm", "--slurm-time", "10") == local
+    assert swept(spec, tmp_path / "ray", "--executor", "ray", "--ray-address", ray_cluster) == local
+    logs = list((tmp_path / "slurm" / "scr" / "smoke").glob("*/slurm-*.out"))
+    assert len(logs) == 3  # one array task per batched model, its log in its first run directory
