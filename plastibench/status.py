@@ -37,6 +37,8 @@ class RunState:
     def progress(self) -> str:
         if self.state == CHECKPOINTED:
             return f"checkpointed at task {self.tasks_done}/{self.n_tasks}"
+        if self.state == RUNNING and self.tasks_done:
+            return f"running, {self.tasks_done}/{self.n_tasks} tasks saved"
         return self.state
 
 
