@@ -209,6 +209,7 @@ def _compose(canonical: str) -> type[Composite]:
         "choices": {k: v for p in parts for k, v in namespaced(p.choices, p).items()},
         "bounds": {k: v for p in parts for k, v in namespaced(p.bounds, p).items()},
         "claims": frozenset().union(*(p.claims for p in parts)),
+        "needs_boundaries": any(p.needs_boundaries for p in parts),
     }
     return type(f"Composite[{canonical}]", (Composite,), attrs)
 

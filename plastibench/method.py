@@ -166,6 +166,9 @@ class Method:
     # False for a method whose step cannot be captured (a host sync or host state inside the step):
     # the engine then runs it eagerly whatever ``--capture`` says, and records that it did.
     capturable: ClassVar[bool] = True
+    # True for a method that acts in ``on_task_start`` at a boundary between tasks (t ≥ 1): a stream
+    # run with ``task.boundaries=hidden`` never calls it there, so such a method is refused at start-up.
+    needs_boundaries: ClassVar[bool] = False
 
     def __init__(self, hparams: Mapping[str, Any], run: RunContext):
         self.hp = dict(hparams)
