@@ -320,3 +320,11 @@ def test_plot_by_transition_refuses_runs_that_differ_in_more(tmp_path):
     result = CliRunner().invoke(app, ["plot", str(a), "--by", "transition", "--metric", "dead_fraction", "-o",
                                       str(tmp_path / "x.png")])
     assert result.exit_code == 2 and "leave out --metric" in result.output
+
+
+def test_upgd_takes_upgds_own_final_settings_on_its_streams():
+    """``upgd2_grid`` of mohmdelsayed/upgd ``experiments/statistics_input_permuted_mnist.py`` and
+    ``statistics_output_permuted_emnist.py`` (the EMNIST protocol that lpmnist runs on MNIST)."""
+    upgd = METHODS.get("upgd")
+    assert upgd.hparams_for("ipmnist") == {"lr": 0.01, "beta_utility": 0.9999, "sigma": 0.1, "weight_decay": 0.01}
+    assert upgd.hparams_for("lpmnist") == {"lr": 0.01, "beta_utility": 0.9, "sigma": 0.001, "weight_decay": 0.0}
