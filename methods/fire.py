@@ -80,6 +80,7 @@ def fire_(weight: torch.Tensor, iterations: int) -> None:
 @register_method("fire")
 class Fire(Method):
     claims = frozenset({"parameters"})
+    needs_boundaries = True
     summary = "FIRE: at each task boundary, orthogonalise every weight (10 Newton-Schulz steps, scaled)"
     paper = ("Han et al., FIRE: Frobenius-Isometry Reinitialization for Balancing the Stability-Plasticity "
              "Tradeoff, ICLR 2026 (arXiv:2602.08040)")

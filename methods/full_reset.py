@@ -24,6 +24,7 @@ class FullReset(Method):
     summary = "re-draw the whole network from its initialisation at every task boundary (retrained network)"
     paper = "Dohare et al., Nature 632:768-774 (2024), retrained-network baseline"
     claims = frozenset({"parameters"})
+    needs_boundaries = True
     defaults = {"reset_optimizer_state": False, "reset_bn_statistics": False}
     bounds = {}  # no numeric hyperparameters
 

@@ -25,6 +25,7 @@ class HeadReset(Method):
     summary = "re-draw the output layer from its initialisation at every task boundary (the paper's baseline)"
     paper = "Dohare et al., Nature 632:768-774 (2024), head resetting; Nikishin et al., ICML 2022"
     defaults = {"reset_optimizer_state": False}
+    needs_boundaries = True
     bounds = {}  # no numeric hyperparameters
 
     def on_task_start(self, task_index):

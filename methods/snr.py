@@ -109,6 +109,7 @@ def max_resets(fraction: float, n_units: int) -> int:
 @register_method("snr")
 class SelfNormalizedResets(Method):
     claims = frozenset({"units"})
+    needs_boundaries = True
     summary = "SNR: reset a unit silent for longer than the p-th percentile of its own silent spells"
     paper = ("Farias & Jozefiak, Self-Normalized Resets for Plasticity in Continual Learning, ICLR 2025 "
              "(arXiv:2410.20098)")

@@ -46,11 +46,15 @@ refused. On ``icifar100`` the task's schedule scales η as it scales the protoco
 epochs 60, 120, 160 of each increment, from η).
 
 Defaults: the official repository's final settings for FirstOrderGlobalUPGD
-(``experiments/statistics_*.py``, ``upgd2_grid``, the runs behind the paper's figures); UPGD was
-not run on our streams, so each of ours takes the settings of the nearest UPGD problem:
+(``experiments/statistics_*.py``, ``upgd2_grid``, the runs behind the paper's figures): on
+``ipmnist``, UPGD's own input-permuted MNIST, η = 0.01, β = 0.9999, σ = 0.1, λ = 0.01
+(``statistics_input_permuted_mnist.py``); on ``lpmnist``, UPGD's label-permuted EMNIST protocol run
+on MNIST, its EMNIST values η = 0.01, β = 0.9, σ = 0.001, λ = 0
+(``statistics_output_permuted_emnist.py``). UPGD was not run on our other streams, so each takes
+the settings of the nearest UPGD problem:
 
-* ``pmnist`` and ``scr`` (and the generic defaults): input-permuted MNIST (an MLP whose inputs
-  change), η = 0.01, β = 0.9999, σ = 0.1, λ = 0.01 (``statistics_input_permuted_mnist.py``);
+* ``pmnist``, ``scr`` and ``rlmnist`` (and the generic defaults): input-permuted MNIST (an MLP),
+  η = 0.01, β = 0.9999, σ = 0.1, λ = 0.01;
 * ``cimagenet`` and ``icifar100``: label-permuted CIFAR-10 (a conv net), η = 0.01, β = 0.999,
   σ = 0.001, λ = 0 (``statistics_output_permuted_cifar10.py``).
 
@@ -150,6 +154,8 @@ class UPGD(Method):
     task_defaults = {
         "scr": {"lr": 0.01, "beta_utility": 0.9999, "sigma": 0.1, "weight_decay": 0.01},
         "pmnist": {"lr": 0.01, "beta_utility": 0.9999, "sigma": 0.1, "weight_decay": 0.01},
+        "ipmnist": {"lr": 0.01, "beta_utility": 0.9999, "sigma": 0.1, "weight_decay": 0.01},
+        "lpmnist": {"lr": 0.01, "beta_utility": 0.9, "sigma": 0.001, "weight_decay": 0.0},
         "cimagenet": {"lr": 0.01, "beta_utility": 0.999, "sigma": 0.001, "weight_decay": 0.0},
         "icifar100": {"lr": 0.01, "beta_utility": 0.999, "sigma": 0.001, "weight_decay": 0.0},
     }

@@ -28,6 +28,9 @@ def plot_command(
                                                   "a layer mean (dead_fraction, effective_rank, stable_rank), "
                                                   "or 'all' for a panel per diagnostic. Default: the "
                                                   "protocol's primary metric.")] = None,
+    by: Annotated[Optional[str], typer.Option(help="'transition': each method's score (95% CI) against N of "
+                                              "task.transition=linear:N (abrupt = 0), one point per run.",
+                                              show_default=False)] = None,
 ):
     """Plot a metric over the task stream: one line per run, mean over seeds, 95% CI band.
 
@@ -36,8 +39,10 @@ def plot_command(
     The band is the Student-t 95% CI of the per-seed bin means.
 
     Unfinished runs are plotted as far as their metrics.csv goes.
+
+    With --by transition: runs of one task and protocol that differ only in task.transition.
     """
-    from . import plots
+    from . import plot_by, plots
 
     from .runfiles import read_config
 
@@ -46,9 +51,16 @@ def plot_command(
         for d in run_dirs:
             if (Path(d) / "config.yaml").is_file() and (Path(d) / "metrics.csv").is_file():
                 read_config(Path(d) / "config.yaml")  # damaged or hand-edited: one line naming the field
-        runs = plots.load_runs(run_dirs)
-        metrics = plots.resolve_metrics(runs, metric)
-        plots.draw(runs, metrics, output)
+        if by is not None:
+            if metric is not None:
+                raise UsageError("--by plots the protocol's score; leave out --metric")
+            runs = [plots.load_run(d) for d in dict.fromkeys(Path(d).resolve() for d in run_dirs)]
+            metrics = [f"score by {by}"]
+            plot_by.draw(runs, by, output)
+        else:
+            runs = plots.load_runs(run_dirs)
+            metrics = plots.resolve_metrics(runs, metric)
+            plots.draw(runs, metrics, output)
     except UsageError as exc:
         raise fail(str(exc))
     except RunFileError as exc:

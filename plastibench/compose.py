@@ -212,6 +212,7 @@ def _compose(canonical: str) -> type[Composite]:
         "bounds": {k: v for p in parts for k, v in namespaced(p.bounds, p).items()},
         "claims": frozenset().union(*(p.claims for p in parts)),
         "vectorizable": frozenset(f"{p.name}.{k}" for p in parts for k in p.vectorizable),
+        "needs_boundaries": any(p.needs_boundaries for p in parts),
     }
     return type(f"Composite[{canonical}]", (Composite,), attrs)
 

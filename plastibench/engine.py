@@ -14,15 +14,16 @@ of the prepared random-number blocks. Before a segment the engine sets the clock
 blocks and lets the task set up its segment; the segment itself runs eagerly, or replays captured
 steps (:mod:`plastibench.capture`: a CUDA graph, or a compiled step on a CPU).
 
-At every task boundary the engine records the task's diagnostics (``Task.diagnostics``); it
-checkpoints whenever ``checkpoint_every`` seconds have passed, at the end, and on Ctrl-C, SIGTERM,
-SIGHUP, SIGUSR1 or SIGUSR2 (warning signals of ``sbatch --signal``; submitit asks for USR2), each
-deferred to the end of the step (eager) or captured block in flight, so that the checkpoint never
-holds a half-done step; Ctrl-C then raises KeyboardInterrupt, the others :class:`Preempted`. The
-wall clock is read between steps: the steppers hand control back when a checkpoint or a progress
-report (``report_every`` seconds) is due, so neither is late by more than a step or a captured
-block, whatever the task's length. A new engine on the same run directory resumes from the
-checkpoint (elapsed time included) and ends bit-for-bit where an uninterrupted run would (on CPU).
+At every task boundary the engine records the task's diagnostics (``Task.diagnostics``) and calls
+``Method.on_task_start`` (task 0's alone when the protocol hides boundaries); it checkpoints
+whenever ``checkpoint_every`` seconds have passed, at the end, and on Ctrl-C, SIGTERM, SIGHUP or
+SIGUSR1 or SIGUSR2 (warning signals of ``sbatch --signal``; submitit asks for USR2), each deferred to
+the end of the step (eager) or captured block in flight, so that the checkpoint never holds a half-done step; Ctrl-C then raises KeyboardInterrupt,
+the others :class:`Preempted`. The wall clock is read between steps: the steppers hand control back
+when a checkpoint or a progress report (``report_every`` seconds) is due, so neither is late by more
+than a step or a captured block, whatever the task's length. A new engine on the same run directory
+resumes from the checkpoint (elapsed time included) and ends bit-for-bit where an uninterrupted run
+would (on CPU).
 
 The seed list may repeat seeds: a grid's configurations then train as members of one model
 (:mod:`plastibench.members`), seeds ``[0, 1, 0, 1]`` for two configurations of seeds 0-1, with the
@@ -55,7 +56,7 @@ from .nn import BatchedLinear
 from .optim import DeviceSGD
 from .protocol import Protocol
 from .results import load_checkpoint, save_checkpoint, summarise, write_metrics, write_yaml
-from .task import Task
+from .task import Task, boundaries_hidden, require_boundaries
 
 CHECK_EVERY = 1000
 
@@ -100,6 +101,7 @@ class Engine:
                  protocol: Protocol, seeds: Sequence[int], *, device: torch.device, directory: Path,
                  config: Mapping[str, Any], data_dir=None, verify: bool = True, checkpoint_every: float = 120.0,
                  capture: str = "off", report_every: float = 5.0):
+        require_boundaries(method_cls, protocol)
         self.protocol, self.directory, self.config = protocol, Path(directory), dict(config)
         self.seeds = list(seeds)
         if device.type == "cpu":
@@ -108,6 +110,7 @@ class Engine:
         seed_tensor = torch.tensor(self.seeds, dtype=torch.int64, device=device)
         self.task = task_cls(protocol, seed_tensor, data_dir=data_dir, verify=verify)
         self.clock = StepClock(device)
+        self.task.clock = self.clock
         self.ctx = RunContext(seeds=seed_tensor, task=protocol.task, protocol=protocol,
                               network_factory=self.task.network, clock=self.clock)
         self.method = method_cls(hparams, self.ctx)
@@ -319,7 +322,8 @@ class Engine:
                 if self.step_in_task == 0:
                     self.task_diagnostics = self._diagnostics(t)
                     self.task.begin_task(t, self.net, self.optimizer)
-                    self.method.on_task_start(t)
+                    if t == 0 or not boundaries_hidden(p):  # hidden: the start of the stream only
+                        self.method.on_task_start(t)
                 n_steps = self.task.steps_in_task(t)
                 while self.step_in_task < n_steps:
                     end = min(n_steps, self.step_in_task + CHECK_EVERY - self.step_in_task % CHECK_EVERY)

@@ -177,6 +177,9 @@ class Method:
     # int64 for an int), which the method applies with ``members.per_member``. Element-wise values
     # only: never choices, shapes, periods or anything the host branches on.
     vectorizable: ClassVar[frozenset[str]] = frozenset()
+    # True for a method that acts in ``on_task_start`` at a boundary between tasks (t ≥ 1): a stream
+    # run with ``task.boundaries=hidden`` never calls it there, so such a method is refused at start-up.
+    needs_boundaries: ClassVar[bool] = False
 
     def __init__(self, hparams: Mapping[str, Any], run: RunContext):
         self.hp = dict(hparams)

@@ -210,20 +210,23 @@ class HiddenSites:
 
 @dataclass(frozen=True)
 class MLPSpec:
-    """Architecture of a fully connected net: ``sizes = (in, hidden..., out)``."""
+    """Architecture of a fully connected net: ``sizes = (in, hidden..., out)``; ``init`` "kaiming"
+    (the reference's) or "default" (``torch.nn.Linear``'s own: weights and biases U(±1/√fan_in))."""
 
     sizes: tuple[int, ...]
     activation: str = "relu"
+    init: str = "kaiming"
 
 
 class BatchedMLP(HiddenSites, nn.Module):
     """A seed-batched MLP with the reference's init (``lop/nets/deep_ffnn.py``, ``ffnn.py``).
 
     Hidden weights ~ U(±gain(act)·√(3/fan_in)) (Kaiming-uniform), output weights ~ U(±√(3/fan_in))
-    (Kaiming-uniform with linear gain), all biases 0. ``forward`` returns the output and the list of
-    post-activation hidden representations, which methods and diagnostics read. ``sizes`` count
-    units (pre-activations); with ``crelu`` a layer after a hidden one reads twice its units.
-    Extension points: :class:`HiddenSites`.
+    (Kaiming-uniform with linear gain), all biases 0; with ``init="default"`` every weight and bias
+    ~ U(±1/√fan_in), as ``torch.nn.Linear`` (UPGD's and L2 Init's MLPs). ``forward`` returns the
+    output and the list of post-activation hidden representations, which methods and diagnostics
+    read. ``sizes`` count units (pre-activations); with ``crelu`` a layer after a hidden one reads
+    twice its units. Extension points: :class:`HiddenSites`.
     """
 
     def __init__(self, spec: MLPSpec, seeds: torch.Tensor):
@@ -239,9 +242,12 @@ class BatchedMLP(HiddenSites, nn.Module):
             for i, layer in enumerate(self.layers):
                 last = i == len(self.layers) - 1
                 act = "linear" if last else spec.activation
-                bound = init_bound("kaiming", layer.in_features, layer.out_features, act)
+                bound = init_bound(spec.init, layer.in_features, layer.out_features, act)
                 layer.weight.copy_(rng.uniform(seeds, 0, f"init/layer{i}", tuple(layer.weight.shape[1:]),
                                                -bound, bound))
+                if spec.init == "default":
+                    layer.bias.copy_(rng.uniform(seeds, 0, f"init/layer{i}/bias", (layer.out_features,),
+                                                 -bound, bound))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         features = []
@@ -270,8 +276,9 @@ class BatchedMLP(HiddenSites, nn.Module):
         ]
 
     def unit_init(self, group: UnitGroup) -> InitRule:
-        """A hidden unit's incoming weights, as initialised: U(±gain(act)·√(3/fan_in)) (Kaiming-uniform)."""
-        return InitRule("uniform", init_bound("kaiming", group.fan_in, group.n_units, group.activation))
+        """A hidden unit's incoming weights, as initialised: U(±gain(act)·√(3/fan_in)) (Kaiming-uniform),
+        or U(±1/√fan_in) with ``init="default"``."""
+        return InitRule("uniform", init_bound(self.spec.init, group.fan_in, group.n_units, group.activation))
 
     def weight_tensors(self) -> list[torch.Tensor]:
         """The weight matrices (no biases), for weight-magnitude diagnostics."""

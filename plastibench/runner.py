@@ -18,7 +18,7 @@ from .protocol import Protocol
 from .registry import METHODS, TASKS
 from .results import (ResultError, environment, load_summary, run_config, run_dir, write_end_of_run,
                       write_yaml)
-from .task import Task
+from .task import Task, require_boundaries
 
 
 MAX_SEEDS = 1_000_000  # past this even the list of seeds is a burden; memory.check_fits refuses far fewer
@@ -164,6 +164,7 @@ def plan(method: str, task: str, protocol: str, seeds: str | None, overrides: Ma
          out: Path, task_options: Mapping[str, str] | None = None) -> Plan:
     method_cls, task_cls = METHODS.get(method), TASKS.get(task)
     proto = task_protocol(task_cls, protocol, task_options or {})
+    require_boundaries(method_cls, proto)
     try:
         hparams = method_cls.hparams_for(task, overrides)
     except ValueError as exc:

@@ -11,6 +11,18 @@ depends on a host value (an epoch's shuffle, a learning-rate schedule, validatio
 steps, in ``start_segment`` and ``end_segment``, every ``segment_every(t)`` steps.
 Every random draw goes through :mod:`plastibench.rng`, keyed by seed, so seed k never depends on
 the seeds beside it.
+
+Two settings describe how a stream with task boundaries changes; a task offers them through
+``options`` (``BOUNDARIES``, ``TRANSITION``):
+
+* ``boundaries=visible|hidden``: with ``hidden`` the engine calls ``Method.on_task_start`` only for
+  task 0 (the start of the stream, which every learner sees: it is when the learner is built), never
+  at a boundary between tasks; a method that acts there (``Method.needs_boundaries``) is refused at
+  start-up (:func:`require_boundaries`).
+* ``transition=abrupt|linear:N``: with ``linear:N``, in-task step t < N of task k ≥ 1 draws each
+  sample from task k with probability t/N and from task k − 1 otherwise (:meth:`Task.from_new`);
+  from step N on, every sample is task k's. Task 0 has no predecessor. The draw is keyed by the run's
+  device step (``rng``), so it is capturable and the same for a seed alone or beside others.
 """
 
 from __future__ import annotations
@@ -21,9 +33,42 @@ from typing import Any, ClassVar, Mapping
 
 import torch
 
-from . import diagnostics
+from . import diagnostics, rng
+from .clock import StepClock
+from .errors import UsageError
 from .protocol import Protocol
 from .registry import UnknownName
+
+
+# The settings of streams with task boundaries (``options``), their first value the default.
+BOUNDARIES = {"boundaries": ("visible", "hidden")}
+TRANSITION = {"transition": ("abrupt", "linear:N")}
+
+
+def _fills(value: str, choice: str) -> bool:
+    """``value`` is ``choice``, or fills its pattern: ``"linear:N"`` takes ``linear:`` and a positive
+    integer written in plain digits without a leading zero (one spelling, so one protocol hash)."""
+    if not choice.endswith(":N"):
+        return value == choice
+    prefix, _, number = value.partition(":")
+    return prefix + ":N" == choice and number.isascii() and number.isdigit() and number[0] != "0"
+
+
+def transition_steps(protocol: Protocol) -> int:
+    """N of ``transition=linear:N`` (0 for ``abrupt``, the default)."""
+    value = protocol.settings.get("transition", "abrupt")
+    return 0 if value == "abrupt" else int(value.partition(":")[2])
+
+
+def boundaries_hidden(protocol: Protocol) -> bool:
+    return protocol.settings.get("boundaries", "visible") == "hidden"
+
+
+def require_boundaries(method_cls: type, protocol: Protocol) -> None:
+    """Refuse (UsageError) a method that acts at task boundaries on a stream that hides them."""
+    if boundaries_hidden(protocol) and getattr(method_cls, "needs_boundaries", False):
+        raise UsageError(f"method {method_cls.name!r} acts at task boundaries (on_task_start), but "
+                         "task.boundaries=hidden hides them; run it with task.boundaries=visible")
 
 
 class Task:
@@ -35,8 +80,10 @@ class Task:
     plot_bin_tasks: ClassVar[int | None] = None  # tasks per plotted bin, as the paper bins
     online: ClassVar[bool] = False  # every step sees fresh examples (plots add an examples axis)
     # Protocol settings a user may choose with ``--set task.KEY=VALUE``: KEY -> allowed values, the
-    # first being what every protocol means when the setting is absent.
+    # first being what every protocol means when the setting is absent; a value "NAME:N" stands for
+    # NAME:1, NAME:2, ... (``BOUNDARIES``, ``TRANSITION``).
     options: ClassVar[dict[str, tuple[str, ...]]] = {}
+    clock: StepClock | None = None  # the run's device clock, set by the engine (read by ``from_new``)
 
     def __init__(self, protocol: Protocol, seeds: torch.Tensor, *, data_dir: str | Path | None = None,
                  verify: bool = True):
@@ -47,6 +94,9 @@ class Task:
         self.verify = verify
         self._metric_sum = torch.zeros(seeds.numel(), dtype=torch.float64, device=self.device)
         self._metric_steps = torch.zeros((), dtype=torch.int64, device=self.device)
+        self.transition_steps = transition_steps(protocol)
+        if self.transition_steps:
+            self._transition = rng.Block(seeds, "task/transition", (protocol.batch_size,), rng.uniform)
 
     @classmethod
     def protocol(cls, name: str) -> Protocol:
@@ -67,7 +117,7 @@ class Task:
             if key not in cls.options:
                 known = ", ".join(sorted(cls.options)) or "none"
                 raise ValueError(f"task {cls.name!r} has no option {key!r} (its options: {known})")
-            if value not in cls.options[key]:
+            if not any(_fills(value, choice) for choice in cls.options[key]):
                 raise ValueError(f"task option {key}={value!r}: choose one of {', '.join(cls.options[key])}")
             if value != cls.options[key][0]:
                 chosen[key] = value
@@ -136,6 +186,14 @@ class Task:
     def data_record(self) -> dict[str, Any]:
         """Checksums and verification status of the data used (empty for synthetic tasks)."""
         return {}
+
+    def from_new(self, step: torch.Tensor) -> torch.Tensor:
+        """Bool ``[S, B]``: which samples of in-task step ``step`` (a device tensor) come from the new
+        task under ``transition=linear:N``: u < min(step/N, 1), u uniform on [0, 1) from ``rng`` keyed
+        by the run's device step (``clock.step``). All false at step 0, all true from step N on (a
+        task's predecessor at task 0 is task 0 itself)."""
+        share = (step.to(torch.float32) / self.transition_steps).clamp_(max=1.0)
+        return self._transition.at(self.clock.step) < share
 
     # ----- bookkeeping shared by all tasks -----
     def observe(self, out: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> None:

@@ -74,7 +74,7 @@ from plastibench.data.paths import DataUnavailable
 from plastibench.evaluate import accuracy, chunks
 from plastibench.protocol import OptimizerSpec, Protocol
 from plastibench.registry import register_task
-from plastibench.task import Task
+from plastibench.task import BOUNDARIES, Task
 from plastibench.vision import BatchedConvNet
 
 _SGD = OptimizerSpec(name="sgd", lr=0.01, momentum=0.9)
@@ -126,6 +126,7 @@ _AS_STORED = "; reference archive, values as stored"
 class ContinualImageNet(Task):
     summary = "Continual ImageNet: binary tasks on ImageNet 32x32 class pairs, ConvNet, 250 epochs each"
     plot_bin_tasks = 50  # as lop/imagenet/bp_plot.py
+    options = {**BOUNDARIES}  # task.boundaries=hidden: the task's own per-task set-up still runs
     protocols = {
         "paper": _protocol("paper", 5000, 250, _PAPER + _OFFICIAL),
         "short": _protocol("short", 1000, 250, _SHORT + _OFFICIAL, seeds=10),

@@ -84,7 +84,7 @@ from plastibench.diagnostics import (batch_statistics, dormant_fraction, effecti
 from plastibench.evaluate import accuracy, chunks
 from plastibench.protocol import OptimizerSpec, Protocol
 from plastibench.registry import register_task
-from plastibench.task import Task
+from plastibench.task import BOUNDARIES, Task
 from plastibench.vision import BatchedResNet18
 
 _SGD = OptimizerSpec(name="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4)
@@ -113,6 +113,7 @@ def _protocol(name: str, n_tasks: int, epochs: int, description: str, *, classes
 class IncrementalCIFAR100(Task):
     summary = "class-incremental CIFAR-100: 20 increments of 5 classes, ResNet-18, 200 epochs each"
     plot_bin_tasks = 1
+    options = {**BOUNDARIES}  # task.boundaries=hidden: the task's own per-task set-up still runs
     protocols = {
         "paper": _protocol("paper", 20, 200, "the reference's 20 increments of 5 classes, 200 epochs each "
                                              "(increment k has k times the first's steps)"),

@@ -67,7 +67,7 @@ from plastibench.nn import BatchedLinear
 from plastibench.nn import BatchedMLP, MLPSpec
 from plastibench.protocol import OptimizerSpec, Protocol
 from plastibench.registry import register_task
-from plastibench.task import Task
+from plastibench.task import BOUNDARIES, Task
 
 _SETTINGS = {"n_inputs": 20, "n_slow_bits": 15, "target_features": 100, "beta": 0.7, "hidden": 5,
              "activation": "relu", "variant": "redraw"}
@@ -148,7 +148,7 @@ class SlowlyChangingRegression(Task):
     summary = "slowly-changing regression: 20-5-1 ReLU learner vs a drifting LTU target, online"
     plot_bin_tasks = 2  # bins of 20 000 examples, as lop/slowly_changing_regression/plots
     online = True
-    options = {"rng": ("plastibench", "reference")}
+    options = {"rng": ("plastibench", "reference"), **BOUNDARIES}
     protocols = {
         "paper": _protocol("paper", 100, 10_000, "the reference's 1M examples, all slow bits redrawn; 100 seeds "
                            "by default, as the paper's 100 runs", seeds=100),

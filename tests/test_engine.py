@@ -368,7 +368,7 @@ def test_pmnist_permutations_compose_across_tasks(tiny_mnist):
         assert torch.equal(order, previous_order.gather(1, step_order))
         assert not torch.equal(pixels, previous_pixels)
         # the reference's semantics: task t's images are task t-1's images, pixels permuted again
-        x = task._inputs(fixed)
+        x = task.inputs(fixed, task.pixels)
         assert torch.equal(x, previous_x.gather(2, step_pixels.unsqueeze(1).expand(-1, 3, -1)))
         previous_x, previous_pixels, previous_order = x, pixels, order
     # composition has memory: task 2's order is not a fresh permutation of the raw pixels
@@ -445,9 +445,18 @@ PINNED_HASHES = {
     ("icifar100", "paper"): "904ca25228f3a279",
     ("icifar100", "short"): "381c0ce3f56acd93",
     ("icifar100", "smoke"): "aab3f944248c9a55",
+    ("ipmnist", "paper"): "aa8c61adbf68ea21",
+    ("ipmnist", "short"): "f3516327206aa771",
+    ("ipmnist", "smoke"): "32d44a6b924869db",
+    ("lpmnist", "paper"): "50300ab30ed9d0c4",
+    ("lpmnist", "short"): "6885d2c35060864e",
+    ("lpmnist", "smoke"): "4bcd990b4d5b7ac7",
     ("pmnist", "paper"): "eb8d048359733eb5",
     ("pmnist", "short"): "1d8b72584863380d",
     ("pmnist", "smoke"): "ffbbf376f72c8615",
+    ("rlmnist", "paper"): "94ab340996d20585",
+    ("rlmnist", "short"): "9d0ab48ae5096f94",
+    ("rlmnist", "smoke"): "22ef585f33fb2cfa",
     ("scr", "paper"): "2821251a1f8c1646",
     ("scr", "flip-one"): "c2f0159d8f9a3a3e",
     ("scr", "short"): "e48d9878e66f20ab",
@@ -477,7 +486,7 @@ def changed_values(p: Protocol) -> dict[str, list]:
             out[f.name] = [{**v, "extra": 1}, {**v, key: str(v[key]) + "x"},
                            {k: x for k, x in v.items() if k != key}]
         elif f.name == "optimizer":
-            out[f.name] = [dataclasses.replace(v, name="adam"), dataclasses.replace(v, lr=v.lr * 2),
+            out[f.name] = [dataclasses.replace(v, name="sgd" if v.name == "adam" else "adam"), dataclasses.replace(v, lr=v.lr * 2),
                            dataclasses.replace(v, momentum=v.momentum / 2 + 0.25),
                            dataclasses.replace(v, weight_decay=v.weight_decay * 2 + 1e-4),
                            dataclasses.replace(v, betas=(0.8, 0.999)), dataclasses.replace(v, eps=1e-6)]
