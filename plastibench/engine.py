@@ -16,14 +16,14 @@ steps (:mod:`plastibench.capture`: a CUDA graph, or a compiled step on a CPU).
 
 At every task boundary the engine records the task's diagnostics (``Task.diagnostics``) and calls
 ``Method.on_task_start`` (task 0's alone when the protocol hides boundaries); it checkpoints
-whenever ``checkpoint_every`` seconds have passed, at the end, and on Ctrl-C, SIGTERM, SIGHUP or
-SIGUSR1 or SIGUSR2 (warning signals of ``sbatch --signal``; submitit asks for USR2), each deferred to
-the end of the step (eager) or captured block in flight, so that the checkpoint never holds a half-done step; Ctrl-C then raises KeyboardInterrupt,
-the others :class:`Preempted`. The wall clock is read between steps: the steppers hand control back
-when a checkpoint or a progress report (``report_every`` seconds) is due, so neither is late by more
-than a step or a captured block, whatever the task's length. A new engine on the same run directory
-resumes from the checkpoint (elapsed time included) and ends bit-for-bit where an uninterrupted run
-would (on CPU).
+whenever ``checkpoint_every`` seconds have passed, at the end, and on Ctrl-C, SIGTERM, SIGHUP,
+SIGUSR1 or SIGUSR2 (warning signals of ``sbatch --signal``; submitit asks for USR2), each deferred
+to the end of the step (eager) or captured block in flight, so that the checkpoint never holds a
+half-done step; Ctrl-C then raises KeyboardInterrupt, the others :class:`Preempted`. The wall clock
+is read between steps: the steppers hand control back when a checkpoint or a progress report
+(``report_every`` seconds) is due, so neither is late by more than a step or a captured block,
+whatever the task's length. A new engine on the same run directory resumes from the checkpoint
+(elapsed time included) and ends bit-for-bit where an uninterrupted run would (on CPU).
 
 The seed list may repeat seeds: a grid's configurations then train as members of one model
 (:mod:`plastibench.members`), seeds ``[0, 1, 0, 1]`` for two configurations of seeds 0-1, with the
