@@ -193,3 +193,28 @@ def test_select_needs_tune_and_report_seeds(tmp_path):
 def test_no_batch_grid_gives_one_model_per_configuration(tmp_path):
     configurations = expand(parse_spec(ISSUE_SPEC), tmp_path)
     assert len(batches(configurations, together=False)) == 3
+
+
+def test_a_batched_grid_equals_separate_runs_and_writes_each_configuration(tmp_path):
+    """cbp's two rates as members of one model: each configuration's directory holds what its own
+    run gives (config, metrics, summary), and the batch's checkpoint is gone at the end."""
+    spec = write_spec(tmp_path / "s.yaml", {**ISSUE_SPEC, "methods": ["cbp"], "seeds": "0-1",
+                                            "grid": {"cbp.replacement_rate": [1.0e-3, 1.0e-2]}})
+    configurations = expand(parse_spec(yaml.safe_load(spec.read_text())), tmp_path / "batched")
+    assert len(batches(configurations)) == 1
+    result = invoke("sweep", spec, "--out", tmp_path / "batched", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert invoke("sweep", spec, "--out", tmp_path / "alone", "--device", "cpu", "--no-batch-grid").exit_code == 0
+    for c in configurations:
+        alone = tmp_path / "alone" / c.plan.directory.relative_to(tmp_path / "batched")
+        assert (c.plan.directory / "metrics.csv").read_text() == (alone / "metrics.csv").read_text()
+        batched = yaml.safe_load((c.plan.directory / "summary.yaml").read_text())
+        assert batched["per_seed"] == yaml.safe_load((alone / "summary.yaml").read_text())["per_seed"]
+        assert yaml.safe_load((c.plan.directory / "environment.yaml").read_text())["batched"]["members"] == 4
+    rates = [yaml.safe_load((c.plan.directory / "config.yaml").read_text())["hparams"]["replacement_rate"]
+             for c in configurations]
+    assert rates == [1e-3, 1e-2]
+    scores = [yaml.safe_load((c.plan.directory / "summary.yaml").read_text())["mean"] for c in configurations]
+    assert scores[0] != scores[1]  # the members really ran at different rates
+    (batch,) = (tmp_path / "batched" / "scr" / "smoke" / "_batched").iterdir()
+    assert not (batch / "checkpoint.pt").exists() and (batch / "members.yaml").exists()
