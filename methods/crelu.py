@@ -59,11 +59,18 @@ def mlp_parameters(sizes: Sequence[int], factor: int) -> int:
     return sum((factor if i else 1) * a * b + b for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])))
 
 
-def convnet_parameters(widths: Sequence[int], num_classes: int, factor: int) -> int:
-    """Weights and biases of :class:`BatchedConvNet` (5x5 conv1, 3x3 conv2/3, 2x2 map into fc1)."""
-    c1, c2, c3, h1, h2 = widths
-    return (3 * c1 * 25 + c1 + factor * c1 * c2 * 9 + c2 + factor * c2 * c3 * 9 + c3
-            + factor * c3 * 4 * h1 + h1 + factor * h1 * h2 + h2 + factor * h2 * num_classes + num_classes)
+def convnet_parameters(widths: Sequence[int], num_classes: int, factor: int,
+                       kernels: Sequence[int] = BatchedConvNet.KERNELS, conv_activation: bool = True) -> int:
+    """Weights and biases of :class:`BatchedConvNet` with ``kernels`` (2x2 max-pool after each conv,
+    32x32 inputs); ``factor`` multiplies what a layer reads after a nonlinearity."""
+    total, reads, side = 0, 3, 32
+    for k, c in zip(kernels, widths):
+        total += reads * c * k * k + c
+        side, reads = (side - k + 1) // 2, (factor if conv_activation else 1) * c
+    reads *= side * side
+    for h in (*widths[len(kernels):], num_classes):
+        total, reads = total + reads * h + h, factor * h
+    return total
 
 
 def resnet_parameters(widths: Sequence[int], num_classes: int, factor: int) -> int:
@@ -117,10 +124,11 @@ class CReLU(Method):
                 sizes[1:-1], lambda ws, f: mlp_parameters((sizes[0], *ws, sizes[-1]), f))
             new = BatchedMLP(replace(net.spec, sizes=(sizes[0], *hidden, sizes[-1]), activation="crelu"), seeds)
         elif isinstance(net, BatchedConvNet):
-            k = net.fc3.out_features
-            base = tuple(layer.weight.shape[1] for layer in net.weight_layers()[:-1])
-            widths = base if same else matched_widths(base, lambda ws, f: convnet_parameters(ws, k, f))
-            new = BatchedConvNet(seeds, num_classes=k, activation="crelu", widths=widths)
+            *hidden, head = net.weight_layers()
+            k, base = head.out_features, tuple(layer.weight.shape[1] for layer in hidden)
+            arch = {"kernels": net.kernels, "conv_activation": net.conv_activation}
+            widths = base if same else matched_widths(base, lambda ws, f: convnet_parameters(ws, k, f, **arch))
+            new = BatchedConvNet(seeds, num_classes=k, activation="crelu", widths=widths, **arch)
         elif isinstance(net, BatchedResNet18):
             k = net.fc.out_features
             base = tuple(getattr(net, f"layer{i}")[0].conv1.out_channels for i in range(1, 5))

@@ -169,7 +169,7 @@ def plain_models(net: nn.Module, device: torch.device | str | None = None) -> li
         make = lambda: LoopMLP(sizes, act)  # noqa: E731
         rename = lambda key: "layers.{}.{}".format(2 * int(key.split(".")[1]), key.split(".")[2])  # noqa: E731
     elif isinstance(net, BatchedConvNet):
-        if net.activation_name != "relu":
+        if net.activation_name != "relu" or net.kernels != BatchedConvNet.KERNELS or not net.conv_activation:
             raise ValueError("the loop baseline's ConvNet is the reference's ReLU net")
         widths = (net.conv1.out_channels, net.conv2.out_channels, net.conv3.out_channels,
                   net.fc1.out_features, net.fc2.out_features)

@@ -112,60 +112,82 @@ def _unit_group(name: str, cur: WeightLayer, nxt: WeightLayer, norm: tuple[UnitR
 
 
 class BatchedConvNet(HiddenSites, nn.Module):
-    """The Continual ImageNet ConvNet (``lop/nets/conv_net.py``), one per seed.
+    """A conv net of 2x2-max-pooled convolutions then fully connected layers, one per seed.
 
-    conv 5x5 3->32, conv 3x3 32->64, conv 3x3 64->128 (no padding), each ReLU then 2x2 max-pool;
-    flatten 128x2x2 = 512; fc 512->128->128->``num_classes``, ReLU between. Init is PyTorch's default
-    for ``nn.Conv2d``/``nn.Linear``: ``kaiming_uniform_(a=√5)`` gives weights U(±√(1/fan_in)), and
+    Defaults give the Continual ImageNet ConvNet (``lop/nets/conv_net.py``): conv 5x5 3->32, conv 3x3
+    32->64, conv 3x3 64->128 (no padding), each ReLU then 2x2 max-pool; flatten 128x2x2 = 512; fc
+    512->128->128->``num_classes``, ReLU between. ``kernels`` gives one square kernel per conv
+    (``conv1``, ``conv2``, ...), ``widths`` their channels and then the hidden fc widths (``fc1``,
+    ``fc2``, ...; the output layer follows). ``conv_activation=False`` puts no nonlinearity after a
+    conv (conv then max-pool), as UPGD's ``ConvolutionalNetworkReLU`` (``lpcifar10``): its hidden
+    units, sites and features are then the fc layers' only. Init is PyTorch's default for
+    ``nn.Conv2d``/``nn.Linear``: ``kaiming_uniform_(a=√5)`` gives weights U(±√(1/fan_in)), and
     biases are U(±1/√fan_in), fan_in = in_channels·k·k or in_features; drawn from
     ``rng.uniform(seeds, 0, "init/<layer>/weight" | "init/<layer>/bias", ...)``.
-    ``forward(x[S, B, 3, 32, 32])`` returns the logits and the reference's feature list: pooled ReLU
-    conv1 and conv2 maps, the flattened pooled conv3 map ``[S, B, 512]``, ReLU fc1 and fc2.
+    ``forward(x[S, B, 3, 32, 32])`` returns the logits and the reference's feature list: with conv
+    activations, each pooled conv map (the last one flattened, ``[S, B, 512]`` by default); then
+    each hidden fc layer's output.
 
-    Options (defaults give the paper's net): ``widths`` of conv1, conv2, conv3, fc1, fc2 (units =
-    pre-activation channels) and ``activation`` (``crelu`` doubles what the next layer reads);
-    extension points at the five nonlinearities: :class:`plastibench.nn.HiddenSites` (applied
-    before the max-pool).
+    ``activation`` (``crelu`` doubles what the next layer reads); extension points at the
+    nonlinearities: :class:`plastibench.nn.HiddenSites` (applied before the max-pool).
     """
 
     WIDTHS = (32, 64, 128, 128, 128)
+    KERNELS = (5, 3, 3)
 
     def __init__(self, seeds: torch.Tensor, num_classes: int = 2, activation: str = "relu",
-                 widths: tuple[int, ...] = WIDTHS):
+                 widths: tuple[int, ...] = WIDTHS, kernels: tuple[int, ...] = KERNELS,
+                 conv_activation: bool = True, side: int = 32):
         super().__init__()
         self._init_sites(activation)
+        self.kernels, self.conv_activation = tuple(kernels), conv_activation
         s, dev, f = seeds.numel(), seeds.device, width_factor(activation)
-        c1, c2, c3, h1, h2 = widths
-        self.conv1 = BatchedConv2d(s, 3, c1, 5, device=dev)
-        self.conv2 = BatchedConv2d(s, f * c1, c2, 3, device=dev)
-        self.conv3 = BatchedConv2d(s, f * c2, c3, 3, device=dev)
-        self.fc1 = BatchedLinear(s, f * c3 * 2 * 2, h1, device=dev)
-        self.fc2 = BatchedLinear(s, f * h1, h2, device=dev)
-        self.fc3 = BatchedLinear(s, f * h2, num_classes, device=dev)
+        n_conv = len(kernels)
+        fcs = (*widths[n_conv:], num_classes)
+        self.layer_names = [f"conv{i + 1}" for i in range(n_conv)] + [f"fc{j + 1}" for j in range(len(fcs))]
+        reads = 3  # what the next layer reads: channels, then features
+        for name, k, c in zip(self.layer_names, kernels, widths):
+            setattr(self, name, BatchedConv2d(s, reads, c, k, device=dev))
+            side = (side - k + 1) // 2
+            reads = (f if conv_activation else 1) * c
+        reads *= side * side
+        for name, h in zip(self.layer_names[n_conv:], fcs):
+            setattr(self, name, BatchedLinear(s, reads, h, device=dev))
+            reads = f * h
         with torch.no_grad():
-            for name, layer in self.named_children():
+            for name, layer in zip(self.layer_names, self.weight_layers()):
                 bound = init_bound("default", _fan_in(layer), 0, "relu")
                 for kind in ("weight", "bias"):
                     p = getattr(layer, kind)
                     p.copy_(rng.uniform(seeds, 0, f"init/{name}/{kind}", tuple(p.shape[1:]), -bound, bound))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        x1 = batched_max_pool2d(self.activate(0, self.conv1(x)))
-        x2 = batched_max_pool2d(self.activate(1, self.conv2(x1)))
-        x3 = batched_flatten(batched_max_pool2d(self.activate(2, self.conv3(x2))))
-        x4 = self.activate(3, self.fc1(x3))
-        x5 = self.activate(4, self.fc2(x4))
-        return self.fc3(x5), [x1, x2, x3, x4, x5]
+        layers, n_conv, site, features = self.weight_layers(), len(self.kernels), 0, []
+        for conv in layers[:n_conv]:
+            z = conv(x)
+            if self.conv_activation:
+                z, site = self.activate(site, z), site + 1
+            x = batched_max_pool2d(z)
+            features.append(x)
+        x = batched_flatten(x)
+        features = features[:-1] + [x] if self.conv_activation else []  # conv maps are features if activated
+        for fc in layers[n_conv:-1]:
+            x, site = self.activate(site, fc(x)), site + 1
+            features.append(x)
+        return layers[-1](x), features
 
     def weight_layers(self) -> list[WeightLayer]:
-        return [self.conv1, self.conv2, self.conv3, self.fc1, self.fc2, self.fc3]
+        return [getattr(self, name) for name in self.layer_names]
 
     def unit_groups(self) -> list[UnitGroup]:
-        """conv1, conv2, conv3 (channels; conv3's channel c owns fc1 columns 4c..4c+3), fc1, fc2."""
+        """The layers followed by a nonlinearity, each paired with the next weight layer: the convs
+        (channels; the last conv's channel c owns its H*W consecutive fc1 columns) when
+        ``conv_activation``, then the hidden fc layers."""
         layers = self.weight_layers()
-        names = ["conv1", "conv2", "conv3", "fc1", "fc2"]
+        first = 0 if self.conv_activation else len(self.kernels)
+        pairs = list(zip(self.layer_names, layers, layers[1:]))[first:]
         return [_unit_group(name, cur, nxt, self.site_resets(i), self.activation_name)
-                for i, (name, cur, nxt) in enumerate(zip(names, layers, layers[1:]))]
+                for i, (name, cur, nxt) in enumerate(pairs)]
 
     def unit_init(self, group: UnitGroup) -> InitRule:
         """A hidden unit's incoming weights, as initialised: U(±√(1/fan_in)) (torch's default, convs

@@ -30,7 +30,7 @@ from __future__ import annotations
 from plastibench import rng
 from plastibench.registry import register_task
 
-from ._mnist import PIXELS, PixelPermutedStream, upgd_protocols
+from ._streams import PIXELS, PixelPermutedStream, upgd_protocols
 
 
 @register_task("ipmnist")

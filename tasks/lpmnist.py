@@ -29,34 +29,13 @@ k − 1's map with probability 1 − t/N.
 
 from __future__ import annotations
 
-from plastibench import rng
 from plastibench.registry import register_task
 
-from ._mnist import MNISTStream, upgd_protocols
+from ._streams import LabelPermutedStream, upgd_protocols
 
 
 @register_task("lpmnist")
-class LabelPermutedMNIST(MNISTStream):
+class LabelPermutedMNIST(LabelPermutedStream):
     summary = "label-permuted MNIST (UPGD's EMNIST protocol): 784-300-150-10, new labels every 2500 samples"
     plot_bin_tasks = 2  # UPGD's plots average bins of 5000 samples
     protocols = upgd_protocols("lpmnist", 400, 2500, 0.01, 100, "UPGD's 1M samples: 400 label maps of 2500")
-
-    def _label_map(self, task_index: int):
-        return rng.permutation(self.seeds, task_index, "labels", self.protocol.settings["classes"])
-
-    def start_task(self, task_index):
-        self.label_map = self._label_map(task_index)
-        self.previous = self._label_map(max(task_index - 1, 0))
-        self.order = rng.permutation(self.seeds, task_index, "order", len(self.labels))
-
-    def batch(self, task_index, step):
-        pos = (step * self.protocol.batch_size + self._rows) % len(self.labels)
-        idx = self.order.index_select(1, pos)
-        digits = self.labels[idx]
-        y = self.label_map.gather(1, digits)
-        if self.transition_steps:
-            y = self.mix(step, y, self.previous.gather(1, digits))
-        return self.inputs(idx), y
-
-    def probe(self, task_index):
-        return self.inputs(self.order[:, : self.protocol.probe_size])

@@ -29,7 +29,7 @@ from plastibench import rng
 from plastibench.protocol import OptimizerSpec, Protocol
 from plastibench.registry import register_task
 
-from ._mnist import PIXELS, PixelPermutedStream
+from ._streams import PIXELS, PixelPermutedStream
 
 _SGD = OptimizerSpec(name="sgd", lr=0.003)
 

@@ -38,7 +38,7 @@ from plastibench import rng
 from plastibench.protocol import OptimizerSpec, Protocol
 from plastibench.registry import register_task
 
-from ._mnist import MNISTStream
+from ._streams import ImageStream
 
 _ADAM = OptimizerSpec(name="adam", lr=1e-3)
 
@@ -52,7 +52,7 @@ def _protocol(name, n_tasks, steps, subset, batch, hidden, description, seeds=10
 
 
 @register_task("rlmnist")
-class RandomLabelMNIST(MNISTStream):
+class RandomLabelMNIST(ImageStream):
     summary = "random-label MNIST (L2 Init): memorise 1200 images whose labels are reshuffled every 30k steps"
     plot_bin_tasks = 1
     online = False  # the same 1200 images, epoch after epoch

@@ -1,5 +1,5 @@
-"""The post-paper MNIST streams (ipmnist, lpmnist, rlmnist) and the stream dials (transition, boundaries),
-on the tiny official-format MNIST of ``conftest.py``."""
+"""The post-paper image streams (ipmnist, lpmnist, rlmnist; lpemnist, lpcifar10) and the stream dials
+(transition, boundaries), on the tiny official-format MNIST, EMNIST and CIFAR-10 of ``conftest.py``."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from plastibench import plot_by, plots, rng
 from plastibench.checks import check_step
 from plastibench.cli import app
 from plastibench.clock import StepClock
+from plastibench.data.cifar10 import load_cifar10
+from plastibench.data.emnist import load_emnist
 from plastibench.engine import Engine
 from plastibench.errors import UsageError
 from plastibench.method import Method
@@ -23,6 +25,13 @@ from plastibench.registry import METHODS, TASKS
 from plastibench.results import run_config, run_dir, write_metrics, write_yaml
 
 CPU = torch.device("cpu")
+# The label-permuted streams: their data fixture, class count, raw training images as the official
+# loader reads them, and one input's shape.
+LABEL_PERMUTED = {
+    "lpmnist": ("tiny_mnist", 10, None, (784,)),
+    "lpemnist": ("tiny_emnist", 47, lambda d: load_emnist(d, verify=False).train_images, (784,)),
+    "lpcifar10": ("tiny_cifar10", 10, lambda d: load_cifar10(d, verify=False).train_images, (3, 32, 32)),
+}
 
 
 def stream(name: str, seeds, tiny_mnist, steps: int | None = None, **options):
@@ -71,17 +80,50 @@ def test_ipmnist_permutation_is_fresh_per_task_and_changes_exactly_at_the_bounda
     assert not torch.equal(perms[0], torch.arange(784).expand(2, -1))  # task 0 is permuted too
 
 
-def test_lpmnist_labels_are_permuted_per_task_and_images_are_not(tiny_mnist):
-    task = stream("lpmnist", [1, 2], tiny_mnist)
+@pytest.mark.parametrize("name", LABEL_PERMUTED)
+def test_labels_are_permuted_exactly_at_the_boundaries_and_images_are_not(name, request):
+    fixture, classes, raw, shape = LABEL_PERMUTED[name]
+    data = request.getfixturevalue(fixture)
+    task = stream(name, [1, 2], data)
+    assert task.protocol.settings["classes"] == classes
+    if raw is not None:  # the images as stored in the official files (EMNIST's transposed), flattened or not
+        images = torch.from_numpy(raw(data)).reshape(len(task.labels), *shape)
+        assert torch.equal(task.images, images)
     maps = []
     for t in range(3):
-        label_map = rng.permutation(task.seeds, t, "labels", 10)
+        label_map = rng.permutation(task.seeds, t, "labels", classes)
+        assert torch.equal(label_map.sort(1).values, torch.arange(classes).expand(2, -1))
         for step, (x, y) in enumerate(steps_of(task, t)):
             idx = task.order[:, step:step + 1]
+            assert x.shape == (2, 1, *shape) and x.min() >= -1 and x.max() <= 1
             assert torch.equal(x, scaled(task.images[idx]))
-            assert torch.equal(y, label_map.gather(1, task.labels[idx]))
+            assert torch.equal(y, label_map.gather(1, task.labels[idx]))  # task t's map from its first step to its last
         maps.append(label_map)
     assert not torch.equal(maps[0], maps[1]) and not torch.equal(maps[1], maps[2])
+
+
+def test_lpemnist_and_lpcifar10_networks_are_upgds(tiny_emnist, tiny_cifar10):
+    """lpemnist: 784-300-150-47 (``FullyConnectedReLU``); lpcifar10: ``ConvolutionalNetworkReLU``, whose
+    convs have no ReLU (conv, pool, conv, pool, then 400-120-84-10 with ReLUs), restated in torch.nn
+    with seed 1's parameters."""
+    mlp = TASKS.get("lpemnist")(TASKS.get("lpemnist").protocol("paper"), torch.tensor([0]), data_dir=tiny_emnist,
+                                verify=False).network()
+    assert mlp.spec.sizes == (784, 300, 150, 47)
+    cls = TASKS.get("lpcifar10")
+    net = cls(cls.protocol("paper"), torch.tensor([0, 1]), data_dir=tiny_cifar10, verify=False).network()
+    ref = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 5), torch.nn.MaxPool2d(2, 2), torch.nn.Conv2d(6, 16, 5),
+                              torch.nn.MaxPool2d(2, 2), torch.nn.Flatten(), torch.nn.Linear(400, 120), torch.nn.ReLU(),
+                              torch.nn.Linear(120, 84), torch.nn.ReLU(), torch.nn.Linear(84, 10))
+    mine = [p for p in net.parameters()]
+    theirs = [p for p in ref.parameters()]
+    assert [tuple(p.shape[1:]) for p in mine] == [tuple(p.shape) for p in theirs]  # 62 006 parameters
+    with torch.no_grad():
+        for a, b in zip(mine, theirs):
+            b.copy_(a[1])
+    x = torch.randn(2, 4, 3, 32, 32)
+    out, features = net(x)
+    torch.testing.assert_close(out[1], ref(x[1]), rtol=1e-5, atol=1e-5)
+    assert [h.shape[-1] for h in features] == [g.n_units for g in net.unit_groups()] == [120, 84]
 
 
 def image_ids(task, x: torch.Tensor) -> torch.Tensor:
@@ -121,9 +163,11 @@ def test_rlmnist_labels_are_redrawn_per_task_on_a_fixed_subset(tiny_mnist):
 
 # ----- transition=linear:N -----
 
-def test_linear_transition_mixes_with_probability_t_over_n(tiny_mnist):
+@pytest.mark.parametrize("name", LABEL_PERMUTED)
+def test_linear_transition_mixes_with_probability_t_over_n(name, request):
     n, seeds = 20, list(range(400))
-    task = stream("lpmnist", seeds, tiny_mnist, steps=n + 5, transition=f"linear:{n}")
+    task = stream(name, seeds, request.getfixturevalue(LABEL_PERMUTED[name][0]), steps=n + 5,
+                  transition=f"linear:{n}")
     steps_of(task, 0)
     task.start_task(1)
     offset = task.task_offset(1)
@@ -162,12 +206,13 @@ def test_linear_transition_mixes_pixel_permutations(tiny_mnist):
     assert 0 == mixed[0] < max(mixed[1:]) and min(mixed[1:]) < 1
 
 
-@pytest.mark.parametrize("name", ["pmnist", "ipmnist", "lpmnist", "rlmnist"])
-def test_transition_step_is_capturable(name, tiny_mnist, tmp_path):
+@pytest.mark.parametrize("name", ["pmnist", "ipmnist", "lpmnist", "rlmnist", "lpemnist", "lpcifar10"])
+def test_transition_step_is_capturable(name, request, tmp_path):
     cls = TASKS.get(name)
     proto = cls.with_options(cls.protocol("smoke"), {"transition": "linear:4"})
+    data = request.getfixturevalue(LABEL_PERMUTED.get(name, ("tiny_mnist",))[0])
     engine = Engine(METHODS.get("bp"), {}, cls, proto, [0, 1], device=CPU, directory=tmp_path, config={},
-                    data_dir=tiny_mnist, verify=False)
+                    data_dir=data, verify=False)
     assert check_step(engine, n_steps=8) == []  # before, across and after step N of the transition
 
 
