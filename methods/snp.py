@@ -10,7 +10,11 @@ Defaults (reference configs): ``pmnist`` λ = 1e-4, σ = 1e-5 (``cfg/snp.json``,
 choice** of one value of that file's sweep 1e-6…1e-1 (the repository does not single out one; not
 tuned here); ``cimagenet`` λ = 1e-5, σ = 1e-5 (``lop/imagenet/cfg/snp.json``);
 ``icifar100`` λ = 5e-4 (every CIFAR config's rate), σ = 1e-5 on all parameters, BatchNorm's included
-(``cfg/shrink_and_perturb.json``, ``inject_noise``).
+(``cfg/shrink_and_perturb.json``, ``inject_noise``). ``lpemnist`` and ``lpcifar10``: UPGD's final
+S&P runs on them (``mohmdelsayed/upgd`` ``experiments/statistics_output_permuted_emnist.py`` and
+``..._cifar10.py`` l.59-66, ``sp_grid``: step size η = 0.01, ``decay`` 1e-3, ``sigma`` 5e-3), whose
+rule θ ← (1 − η·decay)·θ − η·(g + σ_U·ξ) (``core/optim/shrink_and_perturb.py``) is this one with
+λ = decay = 1e-3 and σ = η·σ_U = 5e-5 at the protocols' step size η = 0.01.
 
 Vectorizable (``plastibench.members``): λ (the optimizer's, per member) and σ (``rng.normal``
 scales each member's draws by its own σ).
@@ -33,7 +37,9 @@ class ShrinkAndPerturb(Method):
     task_defaults = {"scr": {"weight_decay": 1e-2, "perturb_scale": 1e-4},
                      "pmnist": {"weight_decay": 1e-4, "perturb_scale": 1e-5},
                      "cimagenet": {"weight_decay": 1e-5, "perturb_scale": 1e-5},
-                     "icifar100": {"weight_decay": 5e-4, "perturb_scale": 1e-5}}
+                     "icifar100": {"weight_decay": 5e-4, "perturb_scale": 1e-5},
+                     "lpemnist": {"weight_decay": 1e-3, "perturb_scale": 5e-5},
+                     "lpcifar10": {"weight_decay": 1e-3, "perturb_scale": 5e-5}}
     bounds = {"weight_decay": NON_NEGATIVE, "perturb_scale": NON_NEGATIVE}  # σ = 0: no noise
     vectorizable = frozenset({"weight_decay", "perturb_scale"})
 

@@ -48,9 +48,11 @@ epochs 60, 120, 160 of each increment, from η).
 Defaults: the official repository's final settings for FirstOrderGlobalUPGD
 (``experiments/statistics_*.py``, ``upgd2_grid``, the runs behind the paper's figures): on
 ``ipmnist``, UPGD's own input-permuted MNIST, η = 0.01, β = 0.9999, σ = 0.1, λ = 0.01
-(``statistics_input_permuted_mnist.py``); on ``lpmnist``, UPGD's label-permuted EMNIST protocol run
-on MNIST, its EMNIST values η = 0.01, β = 0.9, σ = 0.001, λ = 0
-(``statistics_output_permuted_emnist.py``). UPGD was not run on our other streams, so each takes
+(``statistics_input_permuted_mnist.py``); on ``lpemnist``, UPGD's label-permuted EMNIST, and on
+``lpmnist``, its protocol run on MNIST, η = 0.01, β = 0.9, σ = 0.001, λ = 0
+(``statistics_output_permuted_emnist.py`` l.33-41); on ``lpcifar10``, UPGD's label-permuted
+CIFAR-10, η = 0.01, β = 0.999, σ = 0.001, λ = 0 (``statistics_output_permuted_cifar10.py``
+l.33-41). UPGD was not run on our other streams, so each takes
 the settings of the nearest UPGD problem:
 
 * ``pmnist``, ``scr`` and ``rlmnist`` (and the generic defaults): input-permuted MNIST (an MLP),
@@ -156,6 +158,8 @@ class UPGD(Method):
         "pmnist": {"lr": 0.01, "beta_utility": 0.9999, "sigma": 0.1, "weight_decay": 0.01},
         "ipmnist": {"lr": 0.01, "beta_utility": 0.9999, "sigma": 0.1, "weight_decay": 0.01},
         "lpmnist": {"lr": 0.01, "beta_utility": 0.9, "sigma": 0.001, "weight_decay": 0.0},
+        "lpemnist": {"lr": 0.01, "beta_utility": 0.9, "sigma": 0.001, "weight_decay": 0.0},
+        "lpcifar10": {"lr": 0.01, "beta_utility": 0.999, "sigma": 0.001, "weight_decay": 0.0},
         "cimagenet": {"lr": 0.01, "beta_utility": 0.999, "sigma": 0.001, "weight_decay": 0.0},
         "icifar100": {"lr": 0.01, "beta_utility": 0.999, "sigma": 0.001, "weight_decay": 0.0},
     }

@@ -44,6 +44,9 @@ Kaiming-uniform init U(±√6/√fan_in): ζ = 1 would cut the initial network d
 there ζ = 3, the smallest value of the paper's grid {1, ..., 5} whose bound contains the init
 (√6 ≈ 2.45). ``cimagenet``'s ConvNet has PyTorch's default init: ζ = 1. The ResNet-18's
 Kaiming-normal init exceeds any fixed multiple of 1/√fan_in in its tails; ``icifar100`` keeps ζ = 1.
+``lpemnist`` is the paper's label-permuted EMNIST with the same SGD step size 0.01 and ReLU MLP:
+ζ = 2, its final SGD run (weight-clipping repository, ``experiments/ex2_label_permuted_mnist_stats2.py``
+l.86-93, ``weight_clipping_sgd_grid``).
 
 Optimizer state: untouched (as the official code, which clamps ``p.data`` after the inner
 optimizer's step; momentum and Adam moments of clipped weights are kept).
@@ -92,7 +95,7 @@ class WeightClipping(Method):
     paper = ("Elsayed, Lan, Lyle & Mahmood, Weight clipping for deep continual and reinforcement learning, "
              "RLJ 5:2198-2217 (2024)")
     defaults = {"zeta": 1.0, "clip_last_layer": True, "clip_norm": True}
-    task_defaults = {"scr": {"zeta": 3.0}, "pmnist": {"zeta": 3.0}}
+    task_defaults = {"scr": {"zeta": 3.0}, "pmnist": {"zeta": 3.0}, "lpemnist": {"zeta": 2.0}}
     bounds = {"zeta": POSITIVE}  # ζ = 0 would clamp every parameter to 0
     vectorizable = frozenset({"zeta"})
 

@@ -38,8 +38,9 @@ ALONE = 2  # the seed also run on its own
 
 # Tasks whose data comes from a fixture (a data root, used with verify=False).
 MNIST_STREAMS = ("pmnist", "ipmnist", "lpmnist", "rlmnist")
+UPGD_STREAMS = ("lpemnist", "lpcifar10")  # batch 1, online, like the MNIST streams
 DATA_FIXTURES = {**dict.fromkeys(MNIST_STREAMS, "tiny_mnist"), "cimagenet": "tiny_imagenet32",
-                 "icifar100": "tiny_cifar100"}
+                 "icifar100": "tiny_cifar100", "lpemnist": "tiny_emnist", "lpcifar10": "tiny_cifar10"}
 
 # Tasks whose tiny stream is chaotic: seed k alone and beside others agree to rounding (1e-7) through
 # the first task, but BatchNorm over 6-image batches at the paper's learning rate 0.1 amplifies
@@ -49,14 +50,16 @@ FIRST_TASK_ONLY = {"icifar100"}
 
 # Methods whose paper hyperparameters would not act within a few hundred steps: values that make
 # them act, so that their state is exercised (CBP would replace about one unit in a whole run).
-ACTIVE = {"cbp": {"scr": {"replacement_rate": 0.01}, **dict.fromkeys(MNIST_STREAMS, {"replacement_rate": 0.001}),
+ACTIVE = {"cbp": {"scr": {"replacement_rate": 0.01},
+                  **dict.fromkeys((*MNIST_STREAMS, *UPGD_STREAMS), {"replacement_rate": 0.001}),
                   "cimagenet": {"replacement_rate": 0.05, "maturity_threshold": 4},
                   "icifar100": {"replacement_rate": 0.1, "maturity_threshold": 3}},
           "redo": {"scr": {"period": 10, "threshold": 0.5},
-                   **dict.fromkeys(MNIST_STREAMS, {"period": 10, "threshold": 0.5}),
+                   **dict.fromkeys((*MNIST_STREAMS, *UPGD_STREAMS), {"period": 10, "threshold": 0.5}),
                    "cimagenet": {"period": 3, "threshold": 0.5}, "icifar100": {"period": 3, "threshold": 0.5}},
           "snr": {t: {"initial_threshold": 2, "tau_min": 1, "tau_max": 1000, "threshold_update_every": 1,
-                      "max_reset_fraction": 0.1} for t in ("scr", *MNIST_STREAMS, "cimagenet", "icifar100")}}
+                      "max_reset_fraction": 0.1}
+                  for t in ("scr", *MNIST_STREAMS, *UPGD_STREAMS, "cimagenet", "icifar100")}}
 
 
 def tiny_protocol(task: str) -> Protocol:

@@ -368,8 +368,20 @@ def test_plot_by_transition_refuses_runs_that_differ_in_more(tmp_path):
 
 
 def test_upgd_takes_upgds_own_final_settings_on_its_streams():
-    """``upgd2_grid`` of mohmdelsayed/upgd ``experiments/statistics_input_permuted_mnist.py`` and
-    ``statistics_output_permuted_emnist.py`` (the EMNIST protocol that lpmnist runs on MNIST)."""
+    """``upgd2_grid`` of mohmdelsayed/upgd ``experiments/statistics_input_permuted_mnist.py``,
+    ``statistics_output_permuted_emnist.py`` (the EMNIST protocol that lpmnist runs on MNIST) and
+    ``statistics_output_permuted_cifar10.py``."""
     upgd = METHODS.get("upgd")
     assert upgd.hparams_for("ipmnist") == {"lr": 0.01, "beta_utility": 0.9999, "sigma": 0.1, "weight_decay": 0.01}
     assert upgd.hparams_for("lpmnist") == {"lr": 0.01, "beta_utility": 0.9, "sigma": 0.001, "weight_decay": 0.0}
+    assert upgd.hparams_for("lpemnist") == upgd.hparams_for("lpmnist")
+    assert upgd.hparams_for("lpcifar10") == {"lr": 0.01, "beta_utility": 0.999, "sigma": 0.001, "weight_decay": 0.0}
+
+
+def test_baselines_take_their_final_settings_on_lpemnist_and_lpcifar10():
+    """Weight clipping's own label-permuted EMNIST run (ζ = 2 with SGD 0.01), and UPGD's S&P runs
+    (η = 0.01, decay 1e-3, σ_U = 5e-3: per-step noise η·σ_U)."""
+    assert METHODS.get("wclip").hparams_for("lpemnist")["zeta"] == 2.0
+    for task in ("lpemnist", "lpcifar10"):
+        assert TASKS.get(task).protocol("paper").optimizer.lr == 0.01
+        assert METHODS.get("snp").hparams_for(task) == {"weight_decay": 1e-3, "perturb_scale": pytest.approx(0.01 * 5e-3)}
