@@ -24,6 +24,11 @@ a tie. Input and output sizes stay. The resulting widths (``widths = same`` keep
 | MLP 20-5-1 (``scr``) | 5 | 5 | 111 → 116 (+4.5 %; 4 units would give 93, −16 %) |
 | ConvNet, 2 classes (``cimagenet``) | 32, 64, 128, 128, 128 | 23, 45, 91, 91, 91 | 177,218 → 177,582 (+0.21 %) |
 | ResNet-18, 100 classes (``icifar100``) | 64, 128, 256, 512 | 45, 90, 181, 362 | 11,224,932 → 11,229,795 (+0.04 %) |
+| MLP 784-300-150-47 (``lpemnist``) | 300, 150 | 263, 131 | 287,747 → 287,853 (+0.04 %) |
+| UPGD's conv net (``lpcifar10``) | 6, 16, 120, 84 | 5, 15, 110, 77 | 62,006 → 62,197 (+0.31 %) |
+
+The ``lpcifar10`` net has no nonlinearity after its convs (as UPGD's): CReLU replaces its two fc ReLUs
+only, and the scaling narrows its convs too.
 
 On the ResNet-18 every ReLU becomes a CReLU; every conv reading a hidden map (the 1x1 downsample
 convs too) reads its 2n CReLU channels, and an identity skip adds the ReLU half relu(z) of the

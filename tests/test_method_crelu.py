@@ -81,6 +81,9 @@ def test_parameter_formulas_count_the_built_nets():
         assert mlp_parameters((9, *w, 4), f) == n_parameters(BatchedMLP(MLPSpec((9, *w, 4), act), META))
         w = (3, 5, 7, 4, 6)
         assert convnet_parameters(w, 3, f) == n_parameters(BatchedConvNet(META, 3, act, w))
+        w = (3, 5, 7, 4)  # lpcifar10's net: two 5x5 convs without a nonlinearity
+        assert convnet_parameters(w, 3, f, (5, 5), False) == n_parameters(
+            BatchedConvNet(META, 3, act, w, kernels=(5, 5), conv_activation=False))
         for w in ((4, 8, 8, 16), (6, 6, 6, 6)):
             assert resnet_parameters(w, 10, f) == n_parameters(BatchedResNet18(META, 10, act, w))
 
