@@ -595,3 +595,24 @@ def test_rng_block_serves_the_per_step_draws():
         assert torch.equal(alone[0], expected[1])  # independent of the other seeds and of the length
     bits = rng.Block(seeds, "b", (5,), draw=rng.bits, length=4)
     assert torch.equal(bits.at(6), rng.bits(seeds, 6, "b", (5,)))
+
+
+def test_rng_block_draws_only_what_a_segment_reads():
+    """A segment of n steps from ``first`` draws the n + 1 steps ``[first, first + n]``, not the
+    buffer's length (a short run would pay for 512 steps of noise); a later, shorter draw leaves NaN
+    where the longer one's steps were."""
+    seeds, drawn = torch.tensor([4, 1]), []
+
+    def draw(seeds, steps, purpose, shape):
+        drawn.append(steps.tolist())
+        return rng.uniform(seeds, steps, purpose, shape)
+
+    block = rng.Block(seeds, "seg", (3,), draw=draw, length=64)
+    block.prepare(10, 4)
+    block.prepare(11, 3)  # covered: no new draw
+    assert drawn == [list(range(10, 15))]
+    for step in range(10, 15):
+        assert torch.equal(block.at(torch.tensor(step)), rng.uniform(seeds, step, "seg", (3,)))
+    block.prepare(20, 1)
+    assert drawn[1:] == [[20, 21]] and torch.equal(block.at(torch.tensor(21)), rng.uniform(seeds, 21, "seg", (3,)))
+    assert block.at(torch.tensor(22)).isnan().all()
