@@ -19,6 +19,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import fcntl
+import functools
 import hashlib
 import importlib.util
 import os
@@ -54,27 +55,38 @@ def _source(name: str) -> tuple[str, Path] | None:
     return key, Path(origin)
 
 
+@functools.lru_cache(maxsize=512)
+def _statements(source: bytes, filename: str) -> tuple[tuple[int | None, str | None, tuple[str, ...]], ...]:
+    """Every import statement of ``source``, anywhere in it, as (level, module, names); level None
+    for ``import a.b``. Parsing is most of a digest's cost, so it is done once per distinct text
+    (an edited file is parsed again); what the names resolve to is looked up on every call."""
+    out = []
+    for node in ast.walk(ast.parse(source, filename=filename)):
+        if isinstance(node, ast.Import):
+            out.append((None, None, tuple(alias.name for alias in node.names)))
+        elif isinstance(node, ast.ImportFrom):
+            out.append((node.level, node.module, tuple(alias.name for alias in node.names)))
+    return tuple(out)
+
+
 def _imports(name: str, path: Path, is_package: bool) -> set[str]:
     """Absolute names of every module that the source of ``name`` imports (anywhere in the file)."""
-    tree = ast.parse(path.read_bytes(), filename=str(path))
     package = name if is_package else name.rpartition(".")[0]
     found: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                found.add(alias.name)
-        elif isinstance(node, ast.ImportFrom):
-            try:
-                base = importlib.util.resolve_name("." * node.level + (node.module or ""), package or None) \
-                    if node.level else node.module
-            except (ImportError, ValueError):
-                continue
-            if not base:
-                continue
-            found.add(base)
-            for alias in node.names:
-                if alias.name != "*" and _spec(f"{base}.{alias.name}") is not None:
-                    found.add(f"{base}.{alias.name}")
+    for level, module, names in _statements(path.read_bytes(), str(path)):
+        if level is None:
+            found.update(names)
+            continue
+        try:
+            base = importlib.util.resolve_name("." * level + (module or ""), package or None) if level else module
+        except (ImportError, ValueError):
+            continue
+        if not base:
+            continue
+        found.add(base)
+        for alias in names:
+            if alias != "*" and _spec(f"{base}.{alias}") is not None:
+                found.add(f"{base}.{alias}")
     # importing a.b.c runs a/__init__.py and a/b/__init__.py first
     return {".".join(n.split(".")[:i]) for n in found for i in range(1, n.count(".") + 2)}
 

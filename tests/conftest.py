@@ -54,6 +54,12 @@ def tiny_mnist(tmp_path) -> Path:
     return write_tiny_mnist(tmp_path / "data")
 
 
+@pytest.fixture(scope="session")
+def shared_tiny_mnist(tmp_path_factory) -> Path:
+    """:func:`tiny_mnist` written once for the session, for tests that only read it."""
+    return write_tiny_mnist(tmp_path_factory.mktemp("mnist-shared"))
+
+
 @pytest.fixture
 def offline(monkeypatch):
     """Make every MNIST download fail at once, as on a machine without network."""

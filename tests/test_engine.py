@@ -25,6 +25,18 @@ CPU = torch.device("cpu")
 # about one unit in a whole smoke run, which would leave its generate-and-test state untested).
 CBP_ACTIVE = {"scr": {"replacement_rate": "0.01"}, "pmnist": {"replacement_rate": "0.001"}}
 
+# What the runs here check (seed batching, resume, caching, determinism) does not depend on the
+# stream's length: for the tests that use ``short_smoke``, scr's and pmnist's smoke protocols are cut
+# to 3 tasks of 100 steps (CBP_ACTIVE still replaces units from step 11 on scr, 101 on pmnist).
+SHORT_SMOKE = {"n_tasks": 3, "steps_per_task": 100}
+
+
+@pytest.fixture
+def short_smoke(monkeypatch):
+    for name in ("scr", "pmnist"):
+        task = TASKS.get(name)
+        monkeypatch.setitem(task.protocols, "smoke", dataclasses.replace(task.protocol("smoke"), **SHORT_SMOKE))
+
 
 def run(method: str, task: str, seeds: str, out: Path, overrides=None, data_dir=None, **kwargs):
     """Plan and execute one smoke run; returns (plan, summary)."""
@@ -56,6 +68,7 @@ def assert_seed_matches(together: Path, alone: Path, seed: int, other_seed: int)
     assert seed_series(together, other_seed)[metric] != a[metric]
 
 
+@pytest.mark.usefixtures("short_smoke")
 @pytest.mark.parametrize("method", ["bp", "l2", "snp", "cbp"])
 def test_scr_batched_seeds_equal_separate_seeds(tmp_path, method):
     overrides = CBP_ACTIVE["scr"] if method == "cbp" else {}
@@ -68,6 +81,7 @@ def test_scr_batched_seeds_equal_separate_seeds(tmp_path, method):
         assert s3["final_diagnostics"][name]["per_seed"][2] == pytest.approx(d["per_seed"][2], rel=1e-5, abs=1e-6)
 
 
+@pytest.mark.usefixtures("short_smoke")
 @pytest.mark.parametrize("method", ["bp", "cbp"])
 def test_pmnist_batched_seeds_equal_separate_seeds(tmp_path, tiny_mnist, method):
     overrides = CBP_ACTIVE["pmnist"] if method == "cbp" else {}
@@ -128,6 +142,7 @@ def count_steps(monkeypatch):
     return counter
 
 
+@pytest.mark.usefixtures("short_smoke")
 @pytest.mark.parametrize("task", ["scr", "pmnist"])
 @pytest.mark.parametrize("where", ["mid-task", "boundary"])
 def test_resume_is_bit_identical(tmp_path, monkeypatch, request, uninterrupted, count_steps, task, where):
@@ -164,6 +179,7 @@ def test_resume_is_bit_identical(tmp_path, monkeypatch, request, uninterrupted, 
     assert_same_run(reference, p.directory)
 
 
+@pytest.mark.usefixtures("short_smoke")
 def test_resume_after_sigint_inside_a_step_is_bit_identical(tmp_path, monkeypatch):
     if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         pytest.skip("SIGINT is not Python's default handler here")
@@ -174,7 +190,7 @@ def test_resume_after_sigint_inside_a_step_is_bit_identical(tmp_path, monkeypatc
 
     def after_step(self, info):  # a Ctrl-C arriving after optimizer.step(), before the step ends
         original(self, info)
-        if info.step == 300 and not fired:
+        if info.step == 150 and not fired:
             fired.append(True)
             signal.raise_signal(signal.SIGINT)
 
@@ -189,6 +205,7 @@ def test_resume_after_sigint_inside_a_step_is_bit_identical(tmp_path, monkeypatc
                                                  final_net(p.directory).values()))
 
 
+@pytest.mark.usefixtures("short_smoke")
 def test_resume_refuses_a_checkpoint_of_another_configuration(tmp_path):
     p, _ = run("bp", "scr", "0", tmp_path)
     (p.directory / "summary.yaml").unlink()
@@ -201,6 +218,7 @@ def test_resume_refuses_a_checkpoint_of_another_configuration(tmp_path):
 # Finished runs are read, not recomputed; the same seed gives the same numbers
 # --------------------------------------------------------------------------------------------
 
+@pytest.mark.usefixtures("short_smoke")
 def test_finished_run_is_not_recomputed(tmp_path, monkeypatch):
     p, first = run("bp", "scr", "0-1", tmp_path)
     assert first == read_yaml(p.directory / "summary.yaml")
@@ -218,6 +236,7 @@ def test_finished_run_is_not_recomputed(tmp_path, monkeypatch):
     assert second == first
 
 
+@pytest.mark.usefixtures("short_smoke")
 def test_same_seed_gives_identical_results(tmp_path, uninterrupted):
     reference = uninterrupted("scr")
     p, _ = run("cbp", "scr", RESUME_SEEDS, tmp_path, CBP_ACTIVE["scr"])
@@ -610,3 +629,24 @@ def test_rng_block_serves_the_per_step_draws():
         assert torch.equal(alone[0], expected[1])  # independent of the other seeds and of the length
     bits = rng.Block(seeds, "b", (5,), draw=rng.bits, length=4)
     assert torch.equal(bits.at(6), rng.bits(seeds, 6, "b", (5,)))
+
+
+def test_rng_block_draws_only_what_a_segment_reads():
+    """A segment of n steps from ``first`` draws the n + 1 steps ``[first, first + n]``, not the
+    buffer's length (a short run would pay for 512 steps of noise); a later, shorter draw leaves NaN
+    where the longer one's steps were."""
+    seeds, drawn = torch.tensor([4, 1]), []
+
+    def draw(seeds, steps, purpose, shape):
+        drawn.append(steps.tolist())
+        return rng.uniform(seeds, steps, purpose, shape)
+
+    block = rng.Block(seeds, "seg", (3,), draw=draw, length=64)
+    block.prepare(10, 4)
+    block.prepare(11, 3)  # covered: no new draw
+    assert drawn == [list(range(10, 15))]
+    for step in range(10, 15):
+        assert torch.equal(block.at(torch.tensor(step)), rng.uniform(seeds, step, "seg", (3,)))
+    block.prepare(20, 1)
+    assert drawn[1:] == [[20, 21]] and torch.equal(block.at(torch.tensor(21)), rng.uniform(seeds, 21, "seg", (3,)))
+    assert block.at(torch.tensor(22)).isnan().all()

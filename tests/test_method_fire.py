@@ -105,7 +105,9 @@ def test_official_ten_iterations_apply_the_newton_schulz_map_to_the_singular_val
 
 @pytest.fixture(scope="module")
 def resnet():
-    return BatchedResNet18(torch.tensor([3]), num_classes=10)
+    """A ResNet-18 at a quarter of the paper's widths: the same layers, and per kernel position the
+    same tall (conv1, downsamples), square and wide (head) matrices, for a fraction of the work."""
+    return BatchedResNet18(torch.tensor([3]), num_classes=10, widths=(16, 32, 64, 128))
 
 
 def test_resnet_every_conv_downsample_and_head(resnet):

@@ -7,6 +7,7 @@ modes under the umask, and two processes asking for one run at once.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import gzip
 import importlib
@@ -16,6 +17,7 @@ import stat
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +131,24 @@ def test_digest_covers_method_task_engine_and_their_imports():
     assert "plastibench/methods/snp.py" not in files and "plastibench/cli.py" not in files
     bp = identity.source_files(identity.run_modules(METHODS.get("bp"), TASKS.get("scr")))
     assert "plastibench/methods/cbp.py" not in bp and "plastibench/data/mnist.py" not in bp
+
+
+def test_a_digest_parses_only_sources_it_has_not_read(monkeypatch, temp_method):
+    """Parsing is most of a digest's cost (every ``run`` pays it): an unchanged file is not parsed
+    again; an edited one is, and the module its new import names enters the digest."""
+    parsed, parse = [], ast.parse
+    counting = types.SimpleNamespace(**{**vars(ast), "parse": lambda source, filename, **kw: parsed.append(filename)
+                                        or parse(source, filename, **kw)})
+    monkeypatch.setattr(identity, "ast", counting)  # identity's ast only: pytest's own stays
+    roots = identity.run_modules(METHODS.get("idtest"), TASKS.get("scr"))
+    first = identity.code_digest(METHODS.get("idtest"), TASKS.get("scr"))
+    parsed.clear()
+    assert identity.code_digest(METHODS.get("idtest"), TASKS.get("scr")) == first and parsed == []
+    assert "plastibench/evaluate.py" not in identity.source_files(roots)
+    temp_method.write_text(METHOD_SOURCE + "from plastibench import evaluate\n")
+    assert "plastibench/evaluate.py" in identity.source_files(roots)
+    assert parsed.count(str(temp_method)) == 1
+    assert identity.code_digest(METHODS.get("idtest"), TASKS.get("scr")) != first
 
 
 def test_editing_the_method_file_gives_a_new_run_directory(tmp_path, temp_method):
