@@ -16,7 +16,7 @@ import yaml
 from typer.testing import CliRunner
 
 from plastibench.cli import app
-from plastibench.executors import run_local, run_ray, run_slurm
+from plastibench.executors import run_local, run_slurm
 from plastibench.runner import execute, plan
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("pickled_by_value")]
@@ -44,12 +44,6 @@ def train(item: dict, device: str, threads: int | None) -> dict:
     execute(p, device=torch.device(device), on_progress=report)
     return {"metrics": (p.directory / "metrics.csv").read_text(), "restarts": restarts,
             "resumed_at": resumed_at, "threads": torch.get_num_threads()}
-
-
-def hello(item: int, device: str, threads: int | None) -> dict:
-    if item < 0:
-        raise ValueError(f"item {item} is negative")
-    return {"item": item, "device": device, "threads": threads}
 
 
 BAD = {"replacement_rate": "-1"}  # cbp refuses it: the item fails
@@ -122,15 +116,6 @@ def test_usr2_requeues_the_job_which_resumes_to_the_uninterrupted_result(slurm_c
     assert outcome.result["restarts"] == 1 and outcome.result["resumed_at"] in (1, 2, 3)
     assert outcome.result["metrics"] == local[0].result["metrics"]
     assert "Requeued job" in "".join(f.read_text() for f in (tmp_path / "logs").glob("slurm-*"))
-
-
-def test_ray_without_an_address_starts_a_cluster_for_the_call(ray_env):
-    import ray
-
-    outcomes = run_ray(hello, [1, -1], address=None, num_cpus=1, num_gpus=0)
-    assert outcomes[0].ok and outcomes[0].result == {"item": 1, "device": "cpu", "threads": 1}
-    assert not outcomes[1].ok and outcomes[1].error == "ValueError: item -1 is negative"
-    assert not ray.is_initialized()
 
 
 SWEEP = {"name": "three", "tasks": ["scr"], "protocols": ["smoke"], "methods": ["cbp", "l2", "snp"],
