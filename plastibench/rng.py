@@ -95,12 +95,14 @@ class Block:
     so a step that draws from a block can be captured once and replayed.
 
     The engine prepares every live block of its seeds before each segment of steps
-    (:func:`prepare`): a segment of ``n`` steps from ``first`` draws the ``n + 1`` steps
-    ``[first, first + n]`` (a draw keyed one step ahead, an optimizer's own step count, is covered
-    too) unless the steps already drawn cover them, so a short run draws no more than it reads; a
-    segment is at most ``length - 1`` steps, the buffer's size. A block whose buffer would hold fewer than ``MIN_LENGTH`` steps (large shapes, many seeds)
-    draws directly from the device step instead: the same values, a few more kernels per step.
-    ``draw`` is an element-wise draw (``uniform``, ``normal``, ``bits``), not ``permutation``.
+    (:func:`prepare`). A segment of ``n`` steps from ``first`` needs ``[first, first + n]`` (a draw
+    keyed one step ahead, an optimizer's own step count, is covered too) and is at most
+    ``length - 1`` steps. When the steps already drawn do not cover it, the block draws from
+    ``first`` the larger of ``n + 1`` steps and twice its previous draw, at most ``length``: a long run
+    refills about once per buffer, and a short one (a test) draws at most twice what it reads, not
+    ``length`` steps. A block whose buffer would hold fewer than ``MIN_LENGTH`` steps (large shapes,
+    many seeds) draws directly from the device step instead: the same values, a few more kernels per
+    step. ``draw`` is an element-wise draw (``uniform``, ``normal``, ``bits``), not ``permutation``.
     """
 
     MIN_LENGTH = 8
@@ -112,7 +114,7 @@ class Block:
         self.length = max(1, min(length, (1 << 22) // max(1, seeds.numel() * math.prod(shape))))
         self.direct = self.length < self.MIN_LENGTH
         self.first: int | None = None  # host copy of ``start``, for planning only
-        self.drawn = 0  # how many steps from ``first`` the buffer holds
+        self.drawn = 0  # how many steps from ``first`` the buffer holds (NaN after them)
         if not self.direct:
             self.start = torch.zeros((), dtype=torch.int64, device=seeds.device)
             # NaN until prepared: a read outside a prepared segment shows, rather than returning garbage
@@ -130,11 +132,11 @@ class Block:
                              f"({self.length} steps); plan segments with rng.max_segment()")
         if self.first is not None and self.first <= first and first + n_steps < self.first + self.drawn:
             return
-        steps = torch.arange(first, first + n_steps + 1, device=self.seeds.device)
-        self.values[:, :n_steps + 1].copy_(self.draw(self.seeds, steps, self.purpose, self.shape, **self.kwargs))
-        self.values[:, n_steps + 1:self.drawn].fill_(math.nan)  # what an earlier, longer draw left
+        self.drawn = min(self.length, max(n_steps + 1, 2 * self.drawn))  # never shrinks: NaN beyond it
+        steps = torch.arange(first, first + self.drawn, device=self.seeds.device)
+        self.values[:, :self.drawn].copy_(self.draw(self.seeds, steps, self.purpose, self.shape, **self.kwargs))
         self.start.fill_(first)
-        self.first, self.drawn = first, n_steps + 1
+        self.first = first
 
     def at(self, step: int | torch.Tensor) -> torch.Tensor:
         """The draw of ``step`` ``[S, *shape]``; ``step`` a device tensor inside a step."""

@@ -50,7 +50,8 @@ DATA_FIXTURES = {**dict.fromkeys(MNIST_STREAMS, "shared_tiny_mnist"), "cimagenet
 FIRST_TASK_ONLY = {"icifar100"}
 
 # Methods whose paper hyperparameters would not act within a few hundred steps: values that make
-# them act, so that their state is exercised (CBP would replace about one unit in a whole run).
+# them act, so that their state is exercised (CBP would replace about one unit in a whole run, and
+# pmnist's maturity of 100 steps would outlast its tiny tasks).
 ACTIVE = {"cbp": {"scr": {"replacement_rate": 0.02},
                   **dict.fromkeys((*MNIST_STREAMS, *UPGD_STREAMS), {"replacement_rate": 0.001}),
                   "pmnist": {"replacement_rate": 0.001, "maturity_threshold": 20},

@@ -631,10 +631,11 @@ def test_rng_block_serves_the_per_step_draws():
     assert torch.equal(bits.at(6), rng.bits(seeds, 6, "b", (5,)))
 
 
-def test_rng_block_draws_only_what_a_segment_reads():
-    """A segment of n steps from ``first`` draws the n + 1 steps ``[first, first + n]``, not the
-    buffer's length (a short run would pay for 512 steps of noise); a later, shorter draw leaves NaN
-    where the longer one's steps were."""
+def test_rng_block_draws_what_segments_read_doubling_up_to_its_length():
+    """A first segment of n steps from ``first`` draws the n + 1 steps ``[first, first + n]``; a refill
+    draws the larger of its segment and twice the previous draw, up to the buffer's length. A short
+    run so draws at most twice what it reads (not 512 steps of noise per block), a long one refills
+    about once per buffer; beyond what was drawn the buffer reads NaN."""
     seeds, drawn = torch.tensor([4, 1]), []
 
     def draw(seeds, steps, purpose, shape):
@@ -644,9 +645,12 @@ def test_rng_block_draws_only_what_a_segment_reads():
     block = rng.Block(seeds, "seg", (3,), draw=draw, length=64)
     block.prepare(10, 4)
     block.prepare(11, 3)  # covered: no new draw
-    assert drawn == [list(range(10, 15))]
+    assert drawn == [list(range(10, 15))] and block.at(torch.tensor(15)).isnan().all()
     for step in range(10, 15):
         assert torch.equal(block.at(torch.tensor(step)), rng.uniform(seeds, step, "seg", (3,)))
     block.prepare(20, 1)
-    assert drawn[1:] == [[20, 21]] and torch.equal(block.at(torch.tensor(21)), rng.uniform(seeds, 21, "seg", (3,)))
-    assert block.at(torch.tensor(22)).isnan().all()
+    block.prepare(100, 30)
+    block.prepare(200, 2)
+    block.prepare(300, 2)
+    assert [(d[0], len(d)) for d in drawn[1:]] == [(20, 10), (100, 31), (200, 62), (300, 64)]
+    assert torch.equal(block.at(torch.tensor(363)), rng.uniform(seeds, 363, "seg", (3,)))
