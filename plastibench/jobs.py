@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .batched import execute_batch
 from .engine import Preempted
 from .results import config_hash
@@ -64,11 +62,9 @@ def error_summary(exc: BaseException) -> str:
 
 
 def run_job(job: Job, device: str = "auto", threads: int | None = None, on_progress=None) -> dict[str, Any]:
-    """Train (or read) the job's batch on ``device`` (auto, cpu, cuda, cuda:K) with ``threads`` CPU
-    threads (``on_progress``: see :class:`plastibench.engine.Progress`); returns each plan's
-    directory, mean and whether it was cached."""
-    if threads:
-        torch.set_num_threads(threads)
+    """Train (or read) the job's batch on ``device`` (auto, cpu, cuda, cuda:K) (``on_progress``: see
+    :class:`plastibench.engine.Progress`); returns each plan's directory, mean and whether it was
+    cached. ``threads`` is the executors' argument: they have already set torch's thread count."""
     for p in job.plans:
         clear_errors(p)
     try:

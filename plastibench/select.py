@@ -67,11 +67,15 @@ def select_and_report(spec: Spec, out: Path, tuned: Sequence[Configuration]) -> 
         by_method.setdefault((config["task"], config["protocol"], c.plan.method), []).append(c)
     choices, report = [], []
     for (task, protocol, method), candidates in by_method.items():
-        scored = []
+        scored, where = [], {}
         for c in candidates:
+            directory = locate(c.plan)  # a task with data names its directory once the data loaded
             try:
-                scored.append((c, score(c.plan.directory, fraction)))
-            except (ResultError, TypeError) as exc:
+                if directory is None:
+                    raise ResultError("it never ran")
+                scored.append((c, score(directory, fraction)))
+                where[id(c)] = directory
+            except ResultError as exc:
                 raise UsageError(f"cannot select {method} on {task}/{protocol}: {c.label} has no finished "
                                  f"result ({exc})") from None
         higher = scored[0][1]["higher_is_better"]
@@ -82,7 +86,7 @@ def select_and_report(spec: Spec, out: Path, tuned: Sequence[Configuration]) -> 
             "spec": spec.name, "task": task, "protocol": protocol, "method": method,
             "rule": describe_rule(spec, best[1]), "tuning_budget": len(candidates),
             "tune_seeds": spec.tune_seeds, "report_seeds": spec.report_seeds, "chosen": dict(chosen.point),
-            "candidates": [{"point": dict(c.point), "mean": s["mean"], "directory": str(c.plan.directory)}
+            "candidates": [{"point": dict(c.point), "mean": s["mean"], "directory": str(where[id(c)])}
                            for c, s in scored],
         }
         choices.append(record)

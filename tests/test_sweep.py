@@ -12,6 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from plastibench.cli import app
+from plastibench.engine import Engine
 from plastibench.errors import UsageError
 from plastibench.identity import run_lock
 from plastibench.jobs import record_error
@@ -153,17 +154,34 @@ def test_status_shows_a_mixed_sweep(tmp_path):
     assert "1 finished" in flat(invoke("status", out / "scr").output)
 
 
-def test_sweep_resumes_a_checkpointed_configuration_to_the_uninterrupted_result(tmp_path):
-    spec = write_spec(tmp_path / "s.yaml", {"tasks": ["scr"], "protocols": ["smoke"], "methods": ["bp"],
-                                            "seeds": "0-1"})
-    out = tmp_path / "runs"
-    assert invoke("sweep", spec, "--out", out, "--device", "cpu").exit_code == 0
-    (directory,) = (c.plan.directory for c in expand(parse_spec(yaml.safe_load(spec.read_text())), out))
-    whole = (directory / "metrics.csv").read_text()
-    assert invoke("sweep", spec, "--out", out, "--device", "cpu", "--dry-run").output.count("finished") >= 1
-    (directory / "summary.yaml").unlink()
-    assert invoke("sweep", spec, "--out", out, "--device", "cpu").exit_code == 0
-    assert (directory / "metrics.csv").read_text() == whole
+def test_an_interrupted_batched_model_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
+    """Ctrl-C in the second task of a batch of two cbp rates: the sweep exits 130 with the batch
+    checkpointed; the same command resumes it, and each configuration ends as an uninterrupted run."""
+    data = {**ISSUE_SPEC, "methods": ["cbp"], "seeds": "0-1", "grid": {"cbp.replacement_rate": [1.0e-3, 1.0e-2]}}
+    spec = write_spec(tmp_path / "s.yaml", data)
+    whole = {}
+    assert invoke("sweep", spec, "--out", tmp_path / "whole", "--device", "cpu").exit_code == 0
+    for c in expand(parse_spec(data), tmp_path / "whole"):
+        whole[c.plan.directory.name] = (c.plan.directory / "metrics.csv").read_text()
+    steps, original = {"n": 0}, Engine.train_step
+
+    def interrupt_at_400(self):
+        steps["n"] += 1
+        if steps["n"] == 400 and not steps.get("resuming"):
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(Engine, "train_step", interrupt_at_400)
+    result = invoke("sweep", spec, "--out", tmp_path / "resumed", "--device", "cpu", "--checkpoint-every", "0")
+    assert result.exit_code == 130 and "Re-run the same command to resume" in flat(result.output)
+    (batch,) = (tmp_path / "resumed" / "scr" / "smoke" / "_batched").iterdir()
+    assert (batch / "checkpoint.pt").exists()
+    assert "checkpointed at task 1/4" in flat(invoke("status", spec, "--out", tmp_path / "resumed").output)
+    steps.update(n=0, resuming=True)
+    assert invoke("sweep", spec, "--out", tmp_path / "resumed", "--device", "cpu").exit_code == 0
+    assert steps["n"] == 1000 - 399, "the batch started again instead of resuming"
+    for name, metrics in whole.items():
+        assert (tmp_path / "resumed" / "scr" / "smoke" / name / "metrics.csv").read_text() == metrics
 
 
 def test_select_chooses_on_tune_seeds_and_reports_on_fresh_ones(tmp_path):
