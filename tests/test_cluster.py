@@ -19,7 +19,8 @@ from plastibench.cli import app
 from plastibench.executors import run_local, run_slurm
 from plastibench.runner import execute, plan
 
-pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("pickled_by_value")]
+# one xdist worker runs them all, so the session starts one Slurm and one Ray
+pytestmark = [pytest.mark.cluster, pytest.mark.xdist_group("cluster"), pytest.mark.usefixtures("pickled_by_value")]
 
 
 def train(item: dict, device: str, threads: int | None) -> dict:
