@@ -35,7 +35,7 @@ its other problems run 3).
 The repository's default configuration (``config/env/easy_hard_cifar100.yaml``: 625 steps, batch
 16) is not the paper's; we follow the paper.
 
-Protocols: ``paper``: 30 tasks of 780 steps; ``short``: the first 10; ``smoke``: 3 tasks of 8
+Protocols: ``paper``: 30 tasks of 780 steps; ``short``: the first 10; ``smoke``: 3 tasks of 6
 steps, batch 4, 6 images a class (7-step hard and 1-step easy epochs) and widths 2, 2, 4, 4, for
 tests. Diagnostics use ``probe_size`` (1000) images of the new task (all of an easy task's 500).
 Both dials apply: ``task.boundaries=hidden`` and ``task.transition=linear:N`` (a sample of the first
@@ -78,7 +78,7 @@ class CIFAR5p1(Task):
     protocols = {
         "paper": _protocol("paper", 30, 780, "the paper's 30 tasks (15 hard) of 780 steps"),
         "short": _protocol("short", 10, 780, "the first 10 tasks (5 hard)"),
-        "smoke": _protocol("smoke", 3, 8, "seconds, for tests", batch=4, per_class=6, probe=8, seeds=2,
+        "smoke": _protocol("smoke", 3, 6, "seconds, for tests", batch=4, per_class=6, probe=8, seeds=2,
                            widths=(2, 2, 4, 4)),
     }
 
