@@ -3,9 +3,10 @@
 Kumar, Marklund & Van Roy, "Maintaining plasticity in continual learning via regenerative
 regularization", arXiv 2308.11958 (CoLLAs 2024, PMLR 274), problem "5+1 CIFAR". Restated from the authors'
 code, ``skumar9876/L2_Init``: ``environments/easy_hard_cifar100.py`` (``EasyHardCIFAR100``),
-``utils/load_data.py::load_cifar100_data``, ``nets/cnn.py`` (``ConvNet``) and ``main.py``; the
-lengths from the paper (its problem table, as restated by later papers that follow it: 780 steps a
-task, batch 32, 30 tasks).
+``utils/load_data.py::load_cifar100_data``, ``nets/cnn.py`` (``ConvNet``) and ``main.py``. The code
+has no launch script for this problem; the lengths (30 tasks of 780 steps, batch 32) and the scoring
+of the hard tasks only are the paper's as restated in plastibench's gathered references and by a
+later paper that follows its recipe (its Table 2); the paper's own text was not read here.
 
 Data: CIFAR-100 (not CIFAR-10: the environment loads ``CIFAR100``), the official python files
 (``plastibench.data.cifar100``); images scaled to [0, 1] and normalised per channel with CIFAR-10's
