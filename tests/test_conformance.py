@@ -41,13 +41,18 @@ ALONE = 2  # the seed also run on its own
 MNIST_STREAMS = ("pmnist", "ipmnist", "lpmnist", "rlmnist")
 UPGD_STREAMS = ("lpemnist", "lpcifar10")  # batch 1, online, like the MNIST streams
 DATA_FIXTURES = {**dict.fromkeys(MNIST_STREAMS, "shared_tiny_mnist"), "cimagenet": "tiny_imagenet32",
-                 "icifar100": "tiny_cifar100", "lpemnist": "tiny_emnist", "lpcifar10": "tiny_cifar10"}
+                 "icifar100": "tiny_cifar100", "lpemnist": "tiny_emnist", "lpcifar10": "tiny_cifar10",
+                 "cifar5p1": "tiny_cifar100", "warmstart": "tiny_cifar10"}
 
 # Tasks whose tiny stream is chaotic: seed k alone and beside others agree to rounding (1e-7) through
 # the first task, but BatchNorm over 6-image batches at the paper's learning rate 0.1 amplifies
 # that rounding to visible differences within a few steps of the second. Seed independence is
 # compared over the first task there.
 FIRST_TASK_ONLY = {"icifar100"}
+# The same for one method on one stream: UPGD on warmstart's tiny conv net, where seed alone and
+# beside others agree to 1e-8 until a rounding-level difference flips a discrete choice (a ReLU or
+# max-pool) in task 1's 7th step, after which weights differ by 3e-4 (the metrics still agree).
+FIRST_TASK_ONLY_PAIRS = {("upgd", "warmstart")}
 
 # Methods whose paper hyperparameters would not act within a few hundred steps: values that make
 # them act, so that their state is exercised (CBP would replace about one unit in a whole run, and
@@ -56,13 +61,16 @@ ACTIVE = {"cbp": {"scr": {"replacement_rate": 0.02},
                   **dict.fromkeys((*MNIST_STREAMS, *UPGD_STREAMS), {"replacement_rate": 0.001}),
                   "pmnist": {"replacement_rate": 0.001, "maturity_threshold": 20},
                   "cimagenet": {"replacement_rate": 0.05, "maturity_threshold": 4},
-                  "icifar100": {"replacement_rate": 0.1, "maturity_threshold": 3}},
+                  "icifar100": {"replacement_rate": 0.1, "maturity_threshold": 3},
+                  "cifar5p1": {"replacement_rate": 0.05, "maturity_threshold": 4},
+                  "warmstart": {"replacement_rate": 0.1, "maturity_threshold": 3}},
           "redo": {"scr": {"period": 10, "threshold": 0.5},
                    **dict.fromkeys((*MNIST_STREAMS, *UPGD_STREAMS), {"period": 10, "threshold": 0.5}),
-                   "cimagenet": {"period": 3, "threshold": 0.5}, "icifar100": {"period": 3, "threshold": 0.5}},
+                   **dict.fromkeys(("cimagenet", "icifar100", "cifar5p1", "warmstart"),
+                                   {"period": 3, "threshold": 0.5})},
           "snr": {t: {"initial_threshold": 2, "tau_min": 1, "tau_max": 1000, "threshold_update_every": 1,
                       "max_reset_fraction": 0.1}
-                  for t in ("scr", *MNIST_STREAMS, *UPGD_STREAMS, "cimagenet", "icifar100")}}
+                  for t in ("scr", *MNIST_STREAMS, *UPGD_STREAMS, "cimagenet", "icifar100", "cifar5p1", "warmstart")}}
 
 
 # Per-task shrinking beyond 2 tasks of at most 100 steps, for time: the checks need a periodic
@@ -201,7 +209,8 @@ def rounding_driven(net: torch.nn.Module) -> set[str]:
 def check_seed_alone(reference: Engine, method: str, task: str, data_dir: Path | None, root: Path) -> None:
     """Seed ALONE run alone equals it in ``reference`` (the run of SEEDS): every record and, at the
     end of the last task compared (the first, for FIRST_TASK_ONLY), every network state entry."""
-    n_tasks = 1 if task in FIRST_TASK_ONLY else reference.protocol.n_tasks
+    first_only = task in FIRST_TASK_ONLY or (method, task) in FIRST_TASK_ONLY_PAIRS
+    n_tasks = 1 if first_only else reference.protocol.n_tasks
     alone = train(method, task, [ALONE], root / "alone", data_dir, n_tasks=n_tasks)
     i = SEEDS.index(ALONE)
     metric = reference.protocol.metric
@@ -214,7 +223,7 @@ def check_seed_alone(reference: Engine, method: str, task: str, data_dir: Path |
             np.testing.assert_allclose(together[name][i], single[name][0], rtol=tol, atol=tol,
                                        err_msg=f"task {t}: {name}")
     noise = rounding_driven(reference.net)
-    atol = 1e-4 if task in FIRST_TASK_ONLY else 1e-5  # Adam moves a weight with a ~0 gradient by ~lr
+    atol = 1e-4 if first_only else 1e-5  # Adam moves a weight with a ~0 gradient by ~lr
     for name, p in reference.task_nets[n_tasks - 1].items():
         if name not in noise:
             np.testing.assert_allclose(p[i].numpy(), alone.net.state_dict()[name][0].numpy(), rtol=1e-4,

@@ -456,6 +456,9 @@ def test_pmnist_online_accuracy_uses_the_pre_update_prediction(tmp_path, tiny_mn
 # --------------------------------------------------------------------------------------------
 
 PINNED_HASHES = {
+    ("cifar5p1", "paper"): "99f4e09c483469d7",
+    ("cifar5p1", "short"): "443740de8fc7fb67",
+    ("cifar5p1", "smoke"): "da6c9836eb322d39",
     ("cimagenet", "paper"): "69789a787b91a92f",
     ("cimagenet", "paper-archive"): "06eb5f97576cf0cb",
     ("cimagenet", "short"): "0a277f84e2c68cae",
@@ -486,6 +489,9 @@ PINNED_HASHES = {
     ("scr", "flip-one"): "c2f0159d8f9a3a3e",
     ("scr", "short"): "e48d9878e66f20ab",
     ("scr", "smoke"): "10abdee9e44b8f9a",
+    ("warmstart", "paper"): "762ac7c1552f143d",
+    ("warmstart", "short"): "a827aafc5670897a",
+    ("warmstart", "smoke"): "e56b8821410b36d8",
 }
 
 
