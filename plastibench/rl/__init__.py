@@ -1,0 +1,1 @@
+"""Reinforcement learning: seed-batched PPO and its environments (issue 14)."""
