@@ -1,0 +1,1 @@
+"""Reinforcement learning: seed-batched MuJoCo environments (optional extra ``plastibench[rl]``)."""
