@@ -1,1 +1,1 @@
-"""Reinforcement learning: seed-batched PPO and its environments (issue 14)."""
+"""Reinforcement learning: seed-batched MuJoCo environments and PPO (optional extra ``plastibench[rl]``)."""
