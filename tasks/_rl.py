@@ -101,7 +101,7 @@ class PPOTask(Task):
         self.collected = 0  # rollouts collected so far
 
     def make_env(self):
-        from plastibench.rl.env import AntBatch
+        from plastibench.rl.ant import AntBatch
         cfg = self.protocol.settings
         extra = {k: cfg[k] for k in ("change_every", "max_episode_steps") if k in cfg}
         return AntBatch(self.seeds.cpu(), envs_per_seed=self.E, slippery=self.slippery, **extra)
@@ -143,7 +143,7 @@ class PPOTask(Task):
             ended[:, t] = torch.as_tensor(done, dtype=torch.float32, device=dev)
             if timeout and np.any(truncated & ~terminated):
                 late = torch.as_tensor(truncated & ~terminated, device=dev)
-                v = net(torch.as_tensor(info["final_observation"], dtype=torch.float32, device=dev))[0][..., 2 * a]
+                v = net(torch.as_tensor(info["final_obs"], dtype=torch.float32, device=dev))[0][..., 2 * a]
                 final[:, t] = torch.where(late, v, final[:, t])
             returns = torch.as_tensor(np.asarray(info["episode_return"], dtype=np.float64), device=dev)
             self.return_sum[slot] += torch.nan_to_num(returns, nan=0.0).sum(-1)

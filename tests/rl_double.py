@@ -37,7 +37,7 @@ class PointEnv:
         truncated = (self.t >= self.limit) & ~terminated
         done = terminated | truncated
         info = {"episode_return": np.where(done, self.ret, np.nan), "episode_length": np.where(done, self.t, np.nan),
-                "final_observation": self._obs()}
+                "final_obs": self._obs()}
         self.pos[done], self.t[done], self.ret[done] = 0.0, 0, 0.0
         return self._obs(), reward.astype(np.float32), terminated, truncated, info
 

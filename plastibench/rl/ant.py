@@ -102,15 +102,18 @@ class AntBatch:
     terminated, truncated (bool) ``[S, E]``, info: ``episode_return``, ``episode_length`` ``[S, E]``
     (NaN where no episode ended), ``final_obs`` ``[S, E, 111]`` (NaN rows where none ended); the obs of
     an env whose episode ended is its next episode's first. ``threads``: the MuJoCo batch's threads
-    (default: the CPUs this process may use, at most S·E).
+    (default: the CPUs this process may use, at most S·E). ``max_episode_steps``: the time limit (1000,
+    v3's; shorter only for tests, e.g. the PPO tasks' ``smoke``).
     """
 
     def __init__(self, seeds: torch.Tensor, envs_per_seed: int = 1, slippery: bool = False,
-                 change_every: int = 2_000_000, contact_forces: bool = False, threads: int | None = None):
+                 change_every: int = 2_000_000, contact_forces: bool = False, threads: int | None = None,
+                 max_episode_steps: int = MAX_EPISODE_STEPS):
         mj = _mujoco()
         self.seeds = torch.as_tensor(seeds).to(torch.int64).cpu().reshape(-1)
         self.n_seeds, self.envs_per_seed = len(self.seeds), int(envs_per_seed)
         self.slippery, self.change_every, self.contact_forces = slippery, int(change_every), contact_forces
+        self.max_episode_steps = int(max_episode_steps)
         n = self.n_seeds * self.envs_per_seed
         self._mj, self._models = mj, {}
         base = self._model(None)
@@ -225,7 +228,7 @@ class AntBatch:
         terminated = ~(finite & (HEALTHY_Z[0] <= z) & (z <= HEALTHY_Z[1]))
         self._length += 1
         self._return += reward
-        truncated = (self._length >= MAX_EPISODE_STEPS) & ~terminated
+        truncated = (self._length >= self.max_episode_steps) & ~terminated
         obs = self._observe(ids, contact)
         self._steps += self.envs_per_seed
         info = {"episode_return": np.full(n, np.nan), "episode_length": np.full(n, np.nan),
