@@ -54,6 +54,11 @@ def _fills(value: str, choice: str) -> bool:
     return prefix + ":N" == choice and number.isascii() and number.isdigit() and number[0] != "0"
 
 
+# Tasks whose "tasks" are bins of one stream with no boundary a learner could act on (their
+# protocols set boundaries=hidden and offer no choice).
+NO_BOUNDARIES = frozenset({"sant", "ant"})
+
+
 def transition_steps(protocol: Protocol) -> int:
     """N of ``transition=linear:N`` (0 for ``abrupt``, the default)."""
     value = protocol.settings.get("transition", "abrupt")
@@ -67,8 +72,10 @@ def boundaries_hidden(protocol: Protocol) -> bool:
 def require_boundaries(method_cls: type, protocol: Protocol) -> None:
     """Refuse (UsageError) a method that acts at task boundaries on a stream that hides them."""
     if boundaries_hidden(protocol) and getattr(method_cls, "needs_boundaries", False):
+        how = ("it has no task boundaries (its tasks are bins of one stream)" if protocol.task in NO_BOUNDARIES
+               else "task.boundaries=hidden hides them; run it with task.boundaries=visible")
         raise UsageError(f"method {method_cls.name!r} acts at task boundaries (on_task_start), but "
-                         "task.boundaries=hidden hides them; run it with task.boundaries=visible")
+                         f"{protocol.task} {how}")
 
 
 class Task:

@@ -49,7 +49,7 @@ import torch
 from plastibench import diagnostics as diag
 from plastibench import rng
 from plastibench.protocol import OptimizerSpec, Protocol
-from plastibench.rl.agent import ActorCritic
+from plastibench.rl.agent import ActorCritic, split
 from plastibench.rl.ppo import gae, normal_log_prob, ppo_loss, standardise
 from plastibench.task import Task
 
@@ -131,7 +131,7 @@ class PPOTask(Task):
         net.eval()
         for t in range(T):
             out, feats = net(self.obs)
-            mean, log_std, value = out[..., :a], out[..., a:2 * a], out[..., 2 * a]
+            mean, log_std, value = split(out, a)
             action = mean + torch.exp(log_std) * noise[:, t]
             obs[:, t], acts[:, t], values[:, t] = self.obs, action, value
             logp[:, t] = normal_log_prob(action, mean, log_std)
@@ -143,13 +143,13 @@ class PPOTask(Task):
             ended[:, t] = torch.as_tensor(done, dtype=torch.float32, device=dev)
             if timeout and np.any(truncated & ~terminated):
                 late = torch.as_tensor(truncated & ~terminated, device=dev)
-                v = net(torch.as_tensor(info["final_obs"], dtype=torch.float32, device=dev))[0][..., 2 * a]
+                v = split(net(torch.as_tensor(info["final_obs"], dtype=torch.float32, device=dev))[0], a)[2]
                 final[:, t] = torch.where(late, v, final[:, t])
             returns = torch.as_tensor(np.asarray(info["episode_return"], dtype=np.float64), device=dev)
             self.return_sum[slot] += torch.nan_to_num(returns, nan=0.0).sum(-1)
             self.return_count[slot] += (~torch.isnan(returns)).sum(-1)
             self.obs = torch.as_tensor(o, dtype=torch.float32, device=dev)
-        last_value = net(self.obs)[0][..., 2 * a]
+        last_value = split(net(self.obs)[0], a)[2]
         net.train(training)
         next_values = torch.cat([values[:, 1:], last_value.unsqueeze(1)], 1) * (1 - ended) + final
         advantages, returns = gae(rewards, values, next_values, 1 - ended, cfg["gamma"], cfg["lam"])
@@ -181,8 +181,7 @@ class PPOTask(Task):
         return pick(b["obs"]), (pick(b["actions"]), pick(b["logp"]), pick(b["advantages"]), pick(b["returns"]))
 
     def loss(self, out, y):
-        a = self.act_dim
-        return ppo_loss(out[..., :a], out[..., a:2 * a], out[..., 2 * a], *y, self.protocol.settings["clip"])
+        return ppo_loss(*split(out, self.act_dim), *y, self.protocol.settings["clip"])
 
     def observe(self, out, y, loss):
         """Nothing per update: the metric is the episodes' return, counted while acting."""

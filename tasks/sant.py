@@ -15,8 +15,8 @@ rollouts = 100 352 environment steps. Protocols:
   bins), ten frictions; 100 seeds by default, as the figure's 100 runs;
 * ``short``: the first 60 bins (6.02 M steps, three frictions), where standard PPO's decline after
   the first switches should show, in GPU hours;
-* ``smoke``: seconds, for tests: 16-16 nets, rollouts of 64 steps, 2 epochs of 2 mini-batches,
-  bins of 2 rollouts, episodes of at most 50 steps and a friction switch after 100 steps.
+* ``smoke``: seconds, for tests: 16-16 nets, rollouts of 8 steps, 2 epochs of 2 mini-batches of 4,
+  bins of 1 rollout, episodes of at most 5 steps and a friction switch after 10 steps.
 """
 
 from plastibench.registry import register_task
@@ -24,8 +24,7 @@ from plastibench.registry import register_task
 from ._rl import PPOTask, rl_protocol
 
 SANT = {"change_every": 2_000_000}
-SMOKE = {"hidden": (16, 16), "rollout": 64, "epochs": 2, "minibatches": 2, "window": 64,
-         "max_episode_steps": 50}
+SMOKE = {"hidden": (16, 16), "rollout": 8, "epochs": 2, "minibatches": 2, "window": 8, "max_episode_steps": 5}
 
 
 @register_task("sant")
@@ -36,5 +35,5 @@ class SlipperyAnt(PPOTask):
         "paper": rl_protocol("sant", "paper", 200, 49, "the reference's 20M steps in bins of 100 352 steps, "
                              "ten frictions", 100, **SANT),
         "short": rl_protocol("sant", "short", 60, 49, "the first 6M steps (three frictions)", 5, **SANT),
-        "smoke": rl_protocol("sant", "smoke", 3, 2, "seconds, for tests", 3, **SMOKE, change_every=100),
+        "smoke": rl_protocol("sant", "smoke", 3, 1, "seconds, for tests", 3, **SMOKE, change_every=10),
     }

@@ -2,7 +2,7 @@
 
 Restated from ``lop/nets/policies.py`` (``MLPPolicy``) and ``lop/nets/valuefs.py`` (``MLPVF``) with
 ``init='lecun'`` (``lop/rl/run_ppo.py``'s default): the policy is an MLP obs→h→…→a giving the mean
-of a Normal whose log-std is a state-independent parameter ``log_std[S, a]`` initialised 0; the
+of a Normal whose log-std is a state-independent parameter ``gaussian.log_std[S, a]`` initialised 0; the
 value is an MLP obs→h→…→1; ReLU; every weight U(±√(3/fan_in)) (``lecun_init``), biases 0. Both are
 :class:`plastibench.nn.BatchedMLP` with ``init="lecun"``, drawn from keys of their own.
 
@@ -24,25 +24,34 @@ from ..nn import BatchedMLP, MLPSpec
 from ..units import InitRule, UnitGroup
 
 
+def split(out: torch.Tensor, act_dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:class:`ActorCritic`'s ``out[..., 2a+1]`` -> mean ``[..., a]``, log_std ``[..., a]``, value ``[...]``."""
+    return out[..., :act_dim], out[..., act_dim:2 * act_dim], out[..., 2 * act_dim]
+
+
+class LogStd(nn.Module):
+    """The policy's state-independent ``log_std[S, a]``, initialised 0. A module of its own, between the
+    policy and the value net, so that parameters come in layer order (the value head last)."""
+
+    def __init__(self, n_seeds: int, act_dim: int, device=None):
+        super().__init__()
+        self.log_std = nn.Parameter(torch.zeros(n_seeds, act_dim, device=device))
+
+
 class ActorCritic(nn.Module):
     def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...], seeds: torch.Tensor):
         super().__init__()
         self.act_dim = act_dim
         self.policy = BatchedMLP(MLPSpec((obs_dim, *hidden, act_dim), "relu", "lecun"), seeds)
+        self.gaussian = LogStd(seeds.numel(), act_dim, seeds.device)
         self.value = BatchedMLP(MLPSpec((obs_dim, *hidden, 1), "relu", "lecun"), seeds, key="init/value")
-        self.log_std = nn.Parameter(torch.zeros(seeds.numel(), act_dim, device=seeds.device))
         self._n_policy = len(hidden)
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         mean, policy_features = self.policy(obs)
         value, value_features = self.value(obs)
-        log_std = self.log_std.unsqueeze(1).expand_as(mean)
+        log_std = self.gaussian.log_std.unsqueeze(1).expand_as(mean)
         return torch.cat([mean, log_std, value], -1), policy_features + value_features
-
-    def split(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``out`` -> mean ``[S, B, a]``, log_std ``[S, B, a]``, value ``[S, B]``."""
-        a = self.act_dim
-        return out[..., :a], out[..., a:2 * a], out[..., 2 * a]
 
     def unit_groups(self) -> list[UnitGroup]:
         return [replace(g, name=f"{part}/{g.name}")
