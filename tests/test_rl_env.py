@@ -91,6 +91,8 @@ def test_same_dynamics_and_reward_terms_as_gymnasium_ant_v5_set_up_as_v3():
             final = info["final_obs"][0, 0] if done else obs[0, 0]
             assert g_term == term[0, 0]
             np.testing.assert_array_equal(final[:27], g_obs[:27].astype(np.float32))
+            if not done:
+                np.testing.assert_array_equal(env.state_dict()["mujoco"][0, 1:30], np.r_[gym.data.qpos, gym.data.qvel])
             costs = g_info["reward_ctrl"] + (g_info["reward_contact"] if contact else 0.0)
             assert r[0, 0] == pytest.approx(g_info["reward_forward"] + 1.0 + costs, abs=1e-12)
             if contact:
@@ -107,7 +109,7 @@ def test_termination_truncation_and_auto_reset():
     from plastibench.rl import ant
 
     env = _env([0, 1])
-    env.reset()
+    starts = list(env.reset()[:, 0, 0])
     saw_term = False
     for t in range(200):
         before = env.state_dict()
@@ -119,7 +121,8 @@ def test_termination_truncation_and_auto_reset():
         np.testing.assert_array_equal(info["episode_length"][done], before["length"].reshape(2, 1)[done] + 1)
         assert not trunc.any()
         saw_term |= term.any()
-    assert saw_term
+        starts += list(obs[..., 0][done])
+    assert saw_term and len(set(starts)) == len(starts) > 4  # each episode its own reset noise
     # truncation at 1000 steps: an env one step before the limit
     state = env.state_dict()
     state["length"][:] = ant.MAX_EPISODE_STEPS - 1
@@ -132,22 +135,26 @@ def test_termination_truncation_and_auto_reset():
 
 def test_friction_switch_rule():
     """run_ppo.py: at an episode end at step index t with t - t_last > change_every, switch to the next
-    friction and set t_last = t; the new friction is that of the next episode (the env's model)."""
+    friction and set t_last = t. With E envs per seed, batched step k ends at t = E·(k + 1) − 1, any
+    env's episode end may switch, and an env runs each episode on the seed's friction at its start."""
     from plastibench.rl.ant import frictions
 
-    seeds, change = [4, 9], 40
-    env = _env(seeds, slippery=True, change_every=change)
+    seeds, E, change = [4, 9], 2, 80
+    env = _env(seeds, envs_per_seed=E, slippery=True, change_every=change)
     env.reset()
     index, last = [0, 0], [0, 0]
-    for t in range(300):
-        _, _, term, trunc, _ = env.step(_actions(seeds, t, scale=2.0))
-        for k in range(2):
-            if (term | trunc)[k, 0] and t - last[k] > change:
-                index[k], last[k] = index[k] + 1, t
+    episode_friction = np.repeat(frictions(torch.tensor(seeds), [0, 0])[:, None], E, 1)
+    for k in range(250):
+        _, _, term, trunc, _ = env.step(_actions(seeds, k, E, scale=2.0))
+        t = E * (k + 1) - 1
+        for s in range(2):
+            if (term | trunc)[s].any() and t - last[s] > change:
+                index[s], last[s] = index[s] + 1, t
         expected = frictions(torch.tensor(seeds), index)
         np.testing.assert_array_equal(env.friction, expected)
-        for k in range(2):
-            np.testing.assert_array_equal(env._batch.models[k].geom_friction[:, 0], expected[k])
+        episode_friction = np.where(term | trunc, expected[:, None], episode_friction)
+        for i in range(len(seeds) * E):
+            np.testing.assert_array_equal(env._batch.models[i].geom_friction[:, 0], episode_friction.flat[i])
     assert min(index) >= 2
 
 
@@ -206,3 +213,13 @@ def test_reset_noise():
     assert np.abs(dq).max() <= 0.1 and np.abs(dq).max() > 0.099 and abs(dq.mean()) < 0.01
     assert qvel.std() == pytest.approx(0.1, rel=0.05) and abs(qvel.mean()) < 0.01
     assert len(np.unique(dq[:, 0])) == 200
+
+
+def test_missing_extra_says_how_to_install(monkeypatch):
+    import sys
+
+    from plastibench.rl.ant import AntBatch
+
+    monkeypatch.setitem(sys.modules, "mujoco", None)
+    with pytest.raises(ImportError, match=r'pip install -e "\.\[rl\]"'):
+        AntBatch(torch.arange(1))
