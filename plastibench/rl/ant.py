@@ -83,10 +83,13 @@ def ant_xml(friction: float | None = None) -> str:
 
 
 def _rowwise(draw, seeds: torch.Tensor, steps, purpose: str, shape: tuple[int, ...], **kwargs) -> np.ndarray:
-    """Row i: ``draw(seeds[i:i+1], steps[i], ...)``, for all rows in one call, float64 ``[N, *shape]``."""
-    steps = torch.as_tensor(np.asarray(steps, dtype=np.int64))
-    rows = torch.arange(len(seeds))
-    return draw(seeds, steps, purpose, shape, **kwargs)[rows, rows].double().numpy()
+    """Row i: ``draw(seeds[i:i+1], steps[i], ...)`` as float64 ``[N, *shape]``, one draw per distinct step."""
+    steps = np.asarray(steps, dtype=np.int64)
+    out = np.empty((len(steps), *shape))
+    for step in np.unique(steps):
+        rows = np.flatnonzero(steps == step)
+        out[rows] = draw(seeds[rows], int(step), purpose, shape, **kwargs).double().numpy()
+    return out
 
 
 def frictions(seeds: torch.Tensor, index) -> np.ndarray:
@@ -118,7 +121,8 @@ class AntBatch:
         self._mj, self._models = mj, {}
         base = self._model(None)
         self.act_dim = base.nu
-        self.obs_dim = base.nq - 2 + base.nv + 6 * base.nbody
+        self._qpos0, self._n_contact = base.qpos0.copy(), 6 * base.nbody
+        self.obs_dim = base.nq - 2 + base.nv + self._n_contact
         self.dt = base.opt.timestep * FRAME_SKIP
         self._torso = base.body("torso").id
         threads = threads or min(n, len(os.sched_getaffinity(0)))
@@ -178,10 +182,9 @@ class AntBatch:
         self._batch.reset(ids, stage=mj.mjtStage.mjSTAGE_NONE.value)
         seeds = self.seeds[self._seed_of[ids]]
         key = (self._env_of[ids].astype(np.int64) << 32) + self._episode[ids]
-        base = self._models[self._friction_key(self._env_friction[ids[0]])]
-        self._qpos[ids] = base.qpos0 + _rowwise(rng.uniform, seeds, key, "ant/reset/qpos", (base.nq,),
-                                                low=-RESET_NOISE, high=RESET_NOISE)
-        self._qvel[ids] = _rowwise(rng.normal, seeds, key, "ant/reset/qvel", (base.nv,), std=RESET_NOISE)
+        self._qpos[ids] = self._qpos0 + _rowwise(rng.uniform, seeds, key, "ant/reset/qpos", self._qpos0.shape,
+                                                 low=-RESET_NOISE, high=RESET_NOISE)
+        self._qvel[ids] = _rowwise(rng.normal, seeds, key, "ant/reset/qvel", self._qvel.shape[1:], std=RESET_NOISE)
         self._batch.forward(ids)
         self._xy[ids] = self._xpos[ids, self._torso, :2]
         self._length[ids] = 0
@@ -190,7 +193,7 @@ class AntBatch:
 
     def _contact(self, ids: np.ndarray) -> np.ndarray:
         """clip(cfrc_ext, −1, 1) ``[n, nbody·6]``: zeros unless ``contact_forces`` (see module doc)."""
-        out = np.zeros((len(ids), self.obs_dim - (self._qpos.shape[1] - 2) - self._qvel.shape[1]))
+        out = np.zeros((len(ids), self._n_contact))
         if self.contact_forces:
             models = self._batch.models
             for row, i in enumerate(ids):
@@ -211,15 +214,14 @@ class AntBatch:
         if not self._started:
             raise RuntimeError("call reset() before step()")
         n = self.n_seeds * self.envs_per_seed
-        a = np.asarray(torch.as_tensor(actions).detach().cpu() if torch.is_tensor(actions) else actions,
-                       dtype=np.float64).reshape(n, self.act_dim)
+        a = np.asarray(actions.detach().cpu() if torch.is_tensor(actions) else actions).reshape(n, self.act_dim)
         self._ctrl[:] = a
         self._batch.step(nstep=FRAME_SKIP)
         ids = np.arange(n)
         contact = self._contact(ids)
         xy = self._xpos[:, self._torso, :2].copy()
         forward = (xy[:, 0] - self._xy[:, 0]) / self.dt
-        ctrl_cost = CTRL_COST * np.sum(np.square(a), axis=1)
+        ctrl_cost = CTRL_COST * np.sum(np.square(a), axis=1).astype(np.float64)  # in the action's dtype, as v3
         contact_cost = CONTACT_COST * np.sum(np.square(contact), axis=1)
         reward = (forward + HEALTHY_REWARD) - (ctrl_cost + contact_cost)
         self._xy = xy
@@ -241,9 +243,9 @@ class AntBatch:
             if self.slippery:
                 self._switch(done)
             self._episode[done] += 1
-            self._env_friction[done] = self._seed_friction[self._seed_of[done]]
-            if any(self._batch.models[i] is not self._models.get(self._friction_key(f))
-                   for i, f in zip(done, self._env_friction[done])):
+            friction = self._seed_friction[self._seed_of[done]]
+            if (friction != self._env_friction[done]).any():
+                self._env_friction[done] = friction
                 self._set_models()
             obs[done] = self._start_episodes(done)
         info = {k: self._shape(v) for k, v in info.items()}
