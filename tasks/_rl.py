@@ -77,7 +77,7 @@ class PPOTask(Task):
     """Base of the MuJoCo PPO tasks; a subclass sets ``slippery`` and its protocols."""
 
     plot_bin_tasks = 1
-    online = True
+    online = False  # an update re-reads the rollout: no "examples" axis (a bin is R·T·E env steps)
     options = {"bootstrap": ("terminal", "timeout")}
     slippery = False
 
