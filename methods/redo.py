@@ -65,7 +65,9 @@ RL (``sant``, ``ant``; ``lop/rl/cfg/ant/redo.yml``, ``lop/algos/gntRedo.py`` as 
 τ = 0.1 and F = 100 updates, scored on the F-th update's mini-batch of each net (policy and value),
 no optimizer-state reset (GnTredo touches none, and PPO's optimizer is torch's Adam), new incoming
 weights U(±√(3/fan_in)) (the agent's lecun init). The reference's agent also has weight decay 1e-4
-and Adam β = (0.99, 0.99): that is ``redo+l2``.
+and Adam β = (0.99, 0.99): that is ``redo+l2``. Deliberate deviation: GnTredo replaces layer by
+layer (a weight joining two recycled units of adjacent layers ends freshly drawn); we keep
+dopamine's order above (it ends 0), the same for every task.
 
 Vectorizable (``plastibench.members``): τ (each member compares with its own τ). The period F,
 which places host events, is not.
