@@ -8,7 +8,6 @@ stand-in for the MuJoCo batch defined here (a test double, not a package stub), 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import numpy as np
@@ -20,6 +19,8 @@ from plastibench.registry import METHODS, TASKS
 from plastibench.results import run_config
 from plastibench.rl.agent import ActorCritic
 from plastibench.rl.ppo import gae, ppo_loss, standardise
+from plastibench.tasks._rl import rl_protocol
+from plastibench.tasks.sant import SMOKE
 
 CPU = torch.device("cpu")
 
@@ -54,7 +55,7 @@ class PointEnv:
         truncated = (self.t >= self.limit) & ~terminated
         done = terminated | truncated
         info = {"episode_return": np.where(done, self.ret, np.nan), "final_obs": self._obs()}
-        self.log.append(info["episode_return"].copy())
+        self.log.append((info["episode_return"].copy(), reward, truncated, info["final_obs"]))
         self.pos[done], self.t[done], self.ret[done] = 0.0, 0, 0.0
         return self._obs(), reward, terminated, truncated, info
 
@@ -70,11 +71,9 @@ class PointTask(TASKS.get("sant")):
         return PointEnv(self.seeds.cpu().numpy(), self.E)
 
 
-def point_protocol(**settings):
-    smoke = TASKS.get("sant").protocol("smoke")
-    s = {**smoke.settings, **settings}
-    steps = s["rollouts_per_bin"] * s["epochs"] * s["minibatches"]
-    return dataclasses.replace(smoke, steps_per_task=steps, settings=s)
+def point_protocol(rollouts_per_bin=1, **settings):
+    """The ``sant`` smoke protocol's settings, changed by ``settings``, in 3 bins."""
+    return rl_protocol("sant", "smoke", 3, rollouts_per_bin, "tests", 3, **{**SMOKE, **settings})
 
 
 def run(method, seeds, directory, protocol=None):
@@ -166,12 +165,32 @@ def test_each_epoch_is_a_permutation_cut_into_minibatches(tmp_path):
     assert not torch.equal(order[0], order[1])
 
 
+@pytest.mark.parametrize("bootstrap", ["terminal", "timeout"])
+def test_a_time_limit_end_is_terminal_or_bootstrapped(bootstrap):
+    """The value target of a time-limit end: r (the reference: ``done`` is terminal), or r + γ·V(final
+    observation) with ``task.bootstrap=timeout``; the advantage is cut there either way."""
+    protocol = TASKS.get("sant").with_options(point_protocol(rollout=12), {"bootstrap": bootstrap})
+    task = PointTask(protocol, torch.arange(2))
+    net = task.network()
+    task._ensure(net, 0)
+    checked = 0
+    for t, (_, reward, truncated, final) in enumerate(task.env.log):
+        for s in np.flatnonzero(truncated[:, 0]):
+            target = reward[s, 0]
+            if bootstrap == "timeout":
+                with torch.no_grad():
+                    target += 0.99 * net(torch.as_tensor(final))[0][s, 0, -1].item()
+            assert task.buffer["returns"][s, t].item() == pytest.approx(target, rel=1e-5, abs=1e-5)
+            checked += 1
+    assert checked
+
+
 def test_bins_average_the_returns_of_the_episodes_ending_in_them(tmp_path):
     protocol = point_protocol(rollouts_per_bin=2)
     engine = Engine(METHODS.get("bp"), {}, PointTask, protocol, [0, 1], device=CPU, directory=tmp_path,
                     config=run_config("bp", {}, protocol, [0, 1]))
     engine.run()
-    ends = np.stack(engine.task.env.log)[:, :, 0]  # [env steps, S]
+    ends = np.stack([entry[0] for entry in engine.task.env.log])[:, :, 0]  # [env steps, S]
     per_bin = 2 * protocol.settings["rollout"]
     for t, record in enumerate(engine.records):
         rows = ends[t * per_bin:(t + 1) * per_bin]
