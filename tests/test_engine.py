@@ -456,6 +456,8 @@ def test_pmnist_online_accuracy_uses_the_pre_update_prediction(tmp_path, tiny_mn
 # --------------------------------------------------------------------------------------------
 
 PINNED_HASHES = {
+    ("ant", "paper"): "e8f3cd8fd3da25a6",
+    ("ant", "smoke"): "3cc539cac7e6c61b",
     ("cimagenet", "paper"): "69789a787b91a92f",
     ("cimagenet", "paper-archive"): "06eb5f97576cf0cb",
     ("cimagenet", "short"): "0a277f84e2c68cae",
@@ -486,6 +488,9 @@ PINNED_HASHES = {
     ("scr", "flip-one"): "c2f0159d8f9a3a3e",
     ("scr", "short"): "e48d9878e66f20ab",
     ("scr", "smoke"): "10abdee9e44b8f9a",
+    ("sant", "paper"): "e8ca36f7f0dbb3ee",
+    ("sant", "short"): "4d7db5d947e66991",
+    ("sant", "smoke"): "eb8b716b68a4f9cf",
 }
 
 
