@@ -7,7 +7,7 @@ Dohare et al., Nature 632:768-774 (2024); reference ``lop/rl/run_ppo.py`` with
 Bins (``lop/rl/plots/fig4a.py`` plots 250 k-step bins over 50 M steps): a bin is 122 rollouts =
 249 856 environment steps. Protocols: ``paper`` 401 bins = 100 196 352 steps (1e8 rounded up to
 whole bins; the figure shows the first 50 M), 20 seeds by default (``fig4a.py``'s ``num_runs``);
-``smoke`` as ``sant``'s, without friction changes.
+``short`` its first 40 bins (9.99 M steps); ``smoke`` as ``sant``'s, without friction changes.
 """
 
 from plastibench.registry import register_task
@@ -21,5 +21,6 @@ class Ant(PPOTask):
     summary = "Ant: PPO on stationary Ant-v3 for 100M steps (Nature 2024, RL)"
     protocols = {
         "paper": rl_protocol("ant", "paper", 401, 122, "the reference's 100M steps in bins of 249 856 steps", 20),
+        "short": rl_protocol("ant", "short", 40, 122, "the first 10M steps", 5),
         "smoke": rl_protocol("ant", "smoke", 3, 1, "seconds, for tests", 3, **SMOKE),
     }

@@ -457,6 +457,7 @@ def test_pmnist_online_accuracy_uses_the_pre_update_prediction(tmp_path, tiny_mn
 
 PINNED_HASHES = {
     ("ant", "paper"): "e8f3cd8fd3da25a6",
+    ("ant", "short"): "212b81d60676027c",
     ("ant", "smoke"): "3cc539cac7e6c61b",
     ("cimagenet", "paper"): "69789a787b91a92f",
     ("cimagenet", "paper-archive"): "06eb5f97576cf0cb",
