@@ -31,7 +31,8 @@ of the bins. Diagnostics (``diagnostics``; before each bin trains, and at the en
 = fraction of the policy's hidden units active (> 0) in at most 1% of those steps (``fig4b.py``'s
 dormant units: ``pol_features_activity`` ≤ 0.01); ``stable_rank`` = the 99% "abs approximate rank"
 of the last policy hidden layer's activations over those steps (``compute_matrix_rank_summaries``);
-``weight_magnitude_policy_l{i}`` / ``weight_magnitude_value_l{i}`` = mean |W| of each layer.
+``weight_magnitude/policy{i}`` / ``weight_magnitude/value{i}`` = mean |W| of each layer
+(``weight_magnitude`` in plots: their mean).
 Deviation: the reference logs these every 1000 (rank: 10 000) steps; we record them once per bin.
 
 Resume: ``state_dict`` holds the environments' state (MuJoCo's), the current observation, the
@@ -202,7 +203,7 @@ class PPOTask(Task):
                "stable_rank": diag.stable_rank(torch.linalg.svdvals(self.window[-1])).float()}
         for part in ("policy", "value"):
             for i, w in enumerate(getattr(net, part).weight_tensors()):
-                out[f"weight_magnitude_{part}_l{i}"] = w.detach().abs().mean((1, 2))
+                out[f"weight_magnitude/{part}{i}"] = w.detach().abs().mean((1, 2))
         return out
 
     # ----- checkpointing -----
