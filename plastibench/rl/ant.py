@@ -270,20 +270,22 @@ class AntBatch:
                  "_episode", "_length", "_return", "_xy")
 
     def state_dict(self) -> dict:
-        """Everything a bit-identical continuation needs: MuJoCo's integration state (time, qpos, qvel,
-        act, warm start, ctrl) per env, the torso xy of the last step, episode and friction counters."""
+        """Everything a bit-identical continuation needs, as CPU tensors: MuJoCo's integration state
+        (``mujoco``: time, qpos, qvel, act, warm start, ctrl per env), the torso xy of the last step,
+        episode and friction counters."""
         if not self._started:
             raise RuntimeError("call reset() before state_dict()")
-        state = {k.lstrip("_"): getattr(self, k).copy() for k in self._COUNTERS}
-        state["mujoco"] = self._batch.state.copy()
-        state["seeds"] = self.seeds.numpy().copy()
+        state = {k.lstrip("_"): getattr(self, k) for k in self._COUNTERS}
+        state["mujoco"] = self._batch.state
+        state = {k: torch.tensor(v) for k, v in state.items()}
+        state["seeds"] = self.seeds.clone()
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        if not np.array_equal(state["seeds"], self.seeds.numpy()) or state["mujoco"].shape != self._batch.state.shape:
+        if not torch.equal(torch.as_tensor(state["seeds"]), self.seeds) or state["mujoco"].shape != self._batch.state.shape:
             raise ValueError("this environment state belongs to other seeds or another envs_per_seed")
         for k in self._COUNTERS:
-            setattr(self, k, np.array(state[k.lstrip("_")], copy=True))
+            setattr(self, k, torch.as_tensor(state[k.lstrip("_")]).numpy().copy())
         self._started = True
         self._set_models()
-        self._batch.state[:] = state["mujoco"]
+        self._batch.state[:] = torch.as_tensor(state["mujoco"]).numpy()
