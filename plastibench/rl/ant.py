@@ -6,7 +6,8 @@ Reference: gym 0.23.1 ``gym/envs/mujoco/ant_v3.py`` with free-mujoco-py 2.1.6 (M
 * the action is written to ``ctrl`` unclipped; MuJoCo clamps it to the actuators' ctrlrange ±1
   (``ctrllimited``), and the control cost uses the unclipped action: 0.5·Σa²;
 * 5 ``mj_step`` (frame_skip 5, RK4, dt 0.05); forward reward = Δx of the torso's ``xpos`` / dt,
-  ``xpos`` as ``mj_step`` leaves it (one RK4 substep behind ``qpos``, stored in ``state_dict``);
+  ``xpos`` as ``mj_step`` leaves it (with RK4, that of the last Runge–Kutta stage, close to but not
+  the new qpos's: ``state_dict`` keeps it);
 * healthy reward 1 on every step, the terminal one included (v3 gives it whenever
   ``terminate_when_unhealthy``; v5 only while healthy); reward = (forward + 1) − (ctrl + contact);
 * terminated when qpos/qvel is not finite or the torso z leaves [0.2, 1.0]; truncated at 1000 steps
@@ -15,8 +16,9 @@ Reference: gym 0.23.1 ``gym/envs/mujoco/ant_v3.py`` with free-mujoco-py 2.1.6 (M
   111 dims (v5 drops the world body: 105);
 * reset: ``mj_resetData``, qpos = qpos0 + U(±0.1), qvel = 0.1·N(0, 1), ``mj_forward``.
 
-Contact forces. mujoco-py ≥ 2.0 never called ``mj_rnePostConstraint``, so ``cfrc_ext`` stayed zero
-in v3 (gym's Ant docstring and gymnasium's v4/v5 version history say so; MuJoCo 4 behaves alike): in
+Contact forces. Since MuJoCo 2.0, ``mj_step`` calls ``mj_rnePostConstraint`` only for force-related
+sensors (Ant has none) and mujoco-py ≥ 2.0 never calls it, so ``cfrc_ext`` stayed zero in v3 (gym
+0.23's Ant docstring; openai/gym#1541, #1711; gymnasium's v4/v5 version history; MuJoCo 4 alike): in
 the paper's runs the contact observation and the contact cost were 0. ``contact_forces=False`` (the
 default) reproduces that; ``True`` computes them after each step as gymnasium v4/v5 do
 (``mj_rnePostConstraint``), the behaviour v3 was written for.
@@ -33,10 +35,14 @@ E > 1 envs per seed (paper: E = 1), t counts all E envs' steps (a batched step i
 last), any of its envs' episode ends may switch, and each env takes the seed's current friction at
 its next reset, so that no episode sees two frictions.
 
-Deliberate deviations: MuJoCo 4 instead of 2.1 (simulation results differ in rounding); reset noise
+Deliberate deviations: MuJoCo 4 instead of 2.1 (the engine changed between them: trajectories are not
+bit-comparable, and 2.1 cannot be installed beside this stack to compare); reset noise
 from :mod:`plastibench.rng` keyed by (seed, env e, episode n of that env: step ``e·2³² + n``), float32
 draws widened to float64 (the reference's env was unseeded), so a seed's trajectory is the same alone
 or batched; the model is gymnasium's ant.xml, identical to gym 0.23.1's.
+
+Stepping: ``mujoco.batch.Batch`` (one state row per env, a model per env, a thread pool); it ran as
+fast as a Python loop of ``mj_step`` and as ``mujoco.rollout`` for S = 1, 8, 32 (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -221,7 +227,7 @@ class AntBatch:
         contact = self._contact(ids)
         xy = self._xpos[:, self._torso, :2].copy()
         forward = (xy[:, 0] - self._xy[:, 0]) / self.dt
-        ctrl_cost = CTRL_COST * np.sum(np.square(a), axis=1).astype(np.float64)  # in the action's dtype, as v3
+        ctrl_cost = CTRL_COST * np.sum(np.square(a), axis=1).astype(np.float64)  # summed in the action's dtype, as v3
         contact_cost = CONTACT_COST * np.sum(np.square(contact), axis=1)
         reward = (forward + HEALTHY_REWARD) - (ctrl_cost + contact_cost)
         self._xy = xy
@@ -267,20 +273,22 @@ class AntBatch:
                  "_episode", "_length", "_return", "_xy")
 
     def state_dict(self) -> dict:
-        """Everything a bit-identical continuation needs: MuJoCo's integration state (time, qpos, qvel,
-        act, warm start, ctrl) per env, the torso xy of the last step, episode and friction counters."""
+        """Everything a bit-identical continuation needs, as CPU tensors: MuJoCo's integration state
+        (``mujoco``: time, qpos, qvel, act, warm start, ctrl per env), the torso xy of the last step,
+        episode and friction counters."""
         if not self._started:
             raise RuntimeError("call reset() before state_dict()")
-        state = {k.lstrip("_"): getattr(self, k).copy() for k in self._COUNTERS}
-        state["mujoco"] = self._batch.state.copy()
-        state["seeds"] = self.seeds.numpy().copy()
+        state = {k.lstrip("_"): getattr(self, k) for k in self._COUNTERS}
+        state["mujoco"] = self._batch.state
+        state = {k: torch.tensor(v) for k, v in state.items()}
+        state["seeds"] = self.seeds.clone()
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        if not np.array_equal(state["seeds"], self.seeds.numpy()) or state["mujoco"].shape != self._batch.state.shape:
+        if not torch.equal(torch.as_tensor(state["seeds"]), self.seeds) or state["mujoco"].shape != self._batch.state.shape:
             raise ValueError("this environment state belongs to other seeds or another envs_per_seed")
         for k in self._COUNTERS:
-            setattr(self, k, np.array(state[k.lstrip("_")], copy=True))
+            setattr(self, k, torch.as_tensor(state[k.lstrip("_")]).numpy().copy())
         self._started = True
         self._set_models()
-        self._batch.state[:] = state["mujoco"]
+        self._batch.state[:] = torch.as_tensor(state["mujoco"]).numpy()
