@@ -16,7 +16,8 @@ Defaults: β = (0.9, 0.999), ε = 1e-8 (torch's, as the reference configs); ``pm
 setting plotted in ``lop/permuted_mnist/plots/all_metrics.py`` from the sweep in ``cfg/adam.json``;
 ``scr`` α = 1e-3, **plastibench's choice** of one value of the sweep 0.01/0.003/0.001 in
 ``lop/slowly_changing_regression/cfg/adam/bp/relu.json`` (the repository does not single out one;
-not tuned here).
+not tuned here); ``sant`` and ``ant`` α = 1e-4, β = (0.99, 0.99): the reference's "ns" PPO
+(``lop/rl/cfg/*/ns.yml``, "proper Adam"; ``bp`` on these tasks is its ``std.yml``, Adam (0.9, 0.999)).
 
 Vectorizable (``plastibench.members``): α, β1, β2 and ε may differ per member (the optimizer
 applies them per member).
@@ -34,7 +35,8 @@ class Adam(Method):
     summary = "backprop with Adam (the paper's Adam baseline; beta1 = beta2 = 0.99 for 'proper Adam')"
     paper = "Kingma & Ba, Adam, ICLR 2015; baseline of Dohare et al., Nature 632:768-774 (2024)"
     defaults = {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8}
-    task_defaults = {"scr": {"lr": 1e-3}, "pmnist": {"lr": 1e-4}}
+    task_defaults = {"scr": {"lr": 1e-3}, "pmnist": {"lr": 1e-4},
+                     **dict.fromkeys(("sant", "ant"), {"lr": 1e-4, "beta1": 0.99, "beta2": 0.99})}
     bounds = {"lr": POSITIVE, "beta1": UNIT_OPEN, "beta2": UNIT_OPEN, "eps": POSITIVE}
     vectorizable = frozenset({"lr", "beta1", "beta2", "eps"})
 

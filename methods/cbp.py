@@ -103,7 +103,10 @@ adaptable contribution, accumulated count, kaiming init; ``cimagenet`` (``lop/im
 contribution, layer count, default init (U(±√(1/fan_in)) for linear units; convs use it anyway);
 ``icifar100`` (``lop/incremental_cifar/cfg/continual_backpropagation.json``; η = 0.99 and ReLU are
 fixed in ``incremental_cifar_experiment.py``) resgnt, ρ = 1e-5, m = 1000, η = 0.99, contribution,
-layer count, kaiming-normal init.
+layer count, kaiming-normal init; ``sant`` and ``ant`` (``lop/rl/cfg/*/cbp.yml``, ``lop/algos/rl/ppo.py``:
+GnT on the policy and on the value net after every mini-batch update) gnt, ρ = 1e-4, m = 10 000,
+η = 0.99, contribution, Bernoulli count, lecun init (``ppo.py`` passes ``init='lecun'``); the
+paper's CBP agent is ``cbp+l2`` (``l2`` then sets weight decay 1e-4 and Adam β = (0.99, 0.99)).
 
 Vectorizable (``plastibench.members``): ρ, η and m may differ per member. The static bound K on a
 layer's replacements per step is the largest member's; a member's count never exceeds its own bound,
@@ -196,6 +199,8 @@ class ContinualBackprop(Method):
                       "utility": "adaptable_contribution", "count_rule": "layer", "init": "default"},
         "icifar100": {"variant": "resgnt", "replacement_rate": 1e-5, "maturity_threshold": 1000, "decay_rate": 0.99,
                       "utility": "contribution", "count_rule": "layer", "init": "kaiming_normal"},
+        **dict.fromkeys(("sant", "ant"), {"replacement_rate": 1e-4, "maturity_threshold": 10_000, "decay_rate": 0.99,
+                                          "utility": "contribution", "count_rule": "bernoulli", "init": "lecun"}),
     }
     # ρ a fraction of the units per step (0: CBP off); m a count of steps; η < 1, else the bias
     # correction 1 − η^age is 0 and the running averages never move.

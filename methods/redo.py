@@ -61,6 +61,14 @@ the paper's hyperparameter table here to confirm that pairing, and dopamine's sh
 (ViT), checked every epoch; Kumar et al. sweep τ ∈ {0, 0.01, 0.1} with F of 1, 2 or 5 tasks
 (project notes, not checked here).
 
+RL (``sant``, ``ant``; ``lop/rl/cfg/ant/redo.yml``, ``lop/algos/gntRedo.py`` as ``ppo.py`` calls it):
+τ = 0.1 and F = 100 updates, scored on the F-th update's mini-batch of each net (policy and value),
+no optimizer-state reset (GnTredo touches none, and PPO's optimizer is torch's Adam), new incoming
+weights U(±√(3/fan_in)) (the agent's lecun init). The reference's agent also has weight decay 1e-4
+and Adam β = (0.99, 0.99): that is ``redo+l2``. Deliberate deviation: GnTredo replaces layer by
+layer (a weight joining two recycled units of adjacent layers ends freshly drawn); we keep
+dopamine's order above (it ends 0), the same for every task.
+
 Vectorizable (``plastibench.members``): τ (each member compares with its own τ). The period F,
 which places host events, is not.
 """
@@ -95,7 +103,9 @@ class ReDo(Method):
              "ICML 2023")
     defaults = {"threshold": 0.1, "period": 1000, "score_on": "batch", "reset_optimizer_state": True}
     # one example a step: a one-example score would call every silent unit dormant (see the docstring)
-    task_defaults = {"scr": {"score_on": "window"}, "pmnist": {"score_on": "window"}}
+    task_defaults = {"scr": {"score_on": "window"}, "pmnist": {"score_on": "window"},
+                     **dict.fromkeys(("sant", "ant"), {"threshold": 0.1, "period": 100, "score_on": "batch",
+                                                       "reset_optimizer_state": False})}
     choices = {"score_on": ("window", "batch")}
     # τ compares with a normalised score s_i ≥ 0 (mean 1; τ = 0 recycles only fully silent units)
     bounds = {"threshold": NON_NEGATIVE, "period": AT_LEAST_ONE}

@@ -31,12 +31,15 @@ def plot_command(
     by: Annotated[Optional[str], typer.Option(help="'transition': each method's score (95% CI) against N of "
                                               "task.transition=linear:N (abrupt = 0), one point per run.",
                                               show_default=False)] = None,
+    band: Annotated[str, typer.Option(help="The 95% band over seeds: 't' (Student t, the summary's CI) or "
+                                      "'bootstrap' (scipy's BCa bootstrap of the mean, as the reference's RL "
+                                      "figures).")] = "t",
 ):
     """Plot a metric over the task stream: one line per run, mean over seeds, 95% CI band.
 
     Tasks are binned as the papers do (scr: 2 change periods; pmnist: 1 task; else about 50 bins).
 
-    The band is the Student-t 95% CI of the per-seed bin means.
+    The band is the Student-t 95% CI of the per-seed bin means (--band bootstrap: the bootstrap CI).
 
     Unfinished runs are plotted as far as their metrics.csv goes.
 
@@ -51,6 +54,8 @@ def plot_command(
         for d in run_dirs:
             if (Path(d) / "config.yaml").is_file() and (Path(d) / "metrics.csv").is_file():
                 read_config(Path(d) / "config.yaml")  # damaged or hand-edited: one line naming the field
+        if band not in plots.BANDS:
+            raise UsageError(f"--band {band}: choose one of {', '.join(plots.BANDS)}")
         if by is not None:
             if metric is not None:
                 raise UsageError("--by plots the protocol's score; leave out --metric")
@@ -60,7 +65,7 @@ def plot_command(
         else:
             runs = plots.load_runs(run_dirs)
             metrics = plots.resolve_metrics(runs, metric)
-            plots.draw(runs, metrics, output)
+            plots.draw(runs, metrics, output, band)
     except UsageError as exc:
         raise fail(str(exc))
     except RunFileError as exc:

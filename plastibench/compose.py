@@ -12,6 +12,8 @@ part's hooks in the order written:
 * ``loss_term`` is the sum of the parts' terms; ``on_task_start`` and ``after_step`` run in order;
 * ``state_dict`` is namespaced by part: ``{"cbp": {...}, "l2": {...}}``.
 
+A part's task defaults are its own, updated by its ``composed_task_defaults`` for the other parts
+(``l2`` takes weight decay 1e-4 in ``cbp+l2`` on ``sant``, 1e-3 alone, as the reference's configs).
 Hyperparameters are namespaced ``PART.KEY`` (``cbp.replacement_rate``); an unqualified ``KEY`` is
 accepted where exactly one part has it. Each part's ``choices``, ``bounds`` and ``vectorizable``
 hold for its keys (``vectorizable`` as ``PART.KEY``, the keys of ``hparams_for``). Two parts that
@@ -191,7 +193,15 @@ def _compose(canonical: str) -> type[Composite]:
     def namespaced(values: Mapping[str, Any], part: type[Method]) -> dict[str, Any]:
         return {f"{part.name}.{k}": v for k, v in values.items()}
 
-    tasks = sorted(set().union(*(p.task_defaults for p in parts)))
+    def task_values(part: type[Method], task: str) -> dict[str, Any]:
+        """``part``'s task defaults, then its values for this composition (``composed_task_defaults``)."""
+        values = dict(part.task_defaults.get(task, {}))
+        for other in parts:
+            values.update(part.composed_task_defaults.get(other.name, {}).get(task, {}))
+        return namespaced(values, part)
+
+    tasks = sorted(set().union(*(p.task_defaults for p in parts),
+                               *(d for p in parts for q in parts for d in [p.composed_task_defaults.get(q.name, {})])))
     doc = "\n\n".join(
         [f"Composition {canonical}: the hooks of {', '.join(names)} run in this order (networks and "
          "optimizer settings chained, loss terms summed, after-step and task-start actions one after "
@@ -206,8 +216,7 @@ def _compose(canonical: str) -> type[Composite]:
         "summary": " + ".join(f"{p.name} ({p.summary})" for p in parts),
         "paper": "; ".join(papers),
         "defaults": {k: v for p in parts for k, v in namespaced(p.defaults, p).items()},
-        "task_defaults": {t: {k: v for p in parts for k, v in namespaced(p.task_defaults.get(t, {}), p).items()}
-                          for t in tasks},
+        "task_defaults": {t: {k: v for p in parts for k, v in task_values(p, t).items()} for t in tasks},
         "choices": {k: v for p in parts for k, v in namespaced(p.choices, p).items()},
         "bounds": {k: v for p in parts for k, v in namespaced(p.bounds, p).items()},
         "claims": frozenset().union(*(p.claims for p in parts)),

@@ -101,7 +101,7 @@ class Engine:
                  protocol: Protocol, seeds: Sequence[int], *, device: torch.device, directory: Path,
                  config: Mapping[str, Any], data_dir=None, verify: bool = True, checkpoint_every: float = 120.0,
                  capture: str = "off", report_every: float = 5.0):
-        require_boundaries(method_cls, protocol)
+        require_boundaries(method_cls, task_cls, protocol)
         self.protocol, self.directory, self.config = protocol, Path(directory), dict(config)
         self.seeds = list(seeds)
         if device.type == "cpu":

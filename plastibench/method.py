@@ -161,6 +161,9 @@ class Method:
     paper: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {}
     task_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
+    # {other method: {task: {key: value}}}: this method's values on a task when composed with the
+    # other (a paper's recipe for the pair, e.g. l2's weight decay in cbp+l2 on sant); see compose.py.
+    composed_task_defaults: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {}
     choices: ClassVar[dict[str, tuple[str, ...]]] = {}
     bounds: ClassVar[dict[str, Range]] = {}
     # What the method owns exclusively, so that a composition (``cbp+l2``) of two methods claiming

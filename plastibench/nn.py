@@ -226,10 +226,11 @@ class BatchedMLP(HiddenSites, nn.Module):
     ~ U(±1/√fan_in), as ``torch.nn.Linear`` (UPGD's and L2 Init's MLPs). ``forward`` returns the
     output and the list of post-activation hidden representations, which methods and diagnostics
     read. ``sizes`` count units (pre-activations); with ``crelu`` a layer after a hidden one reads
-    twice its units. Extension points: :class:`HiddenSites`.
+    twice its units. ``key`` names the init draws (``{key}/layer{i}``): two nets of one seed built
+    with different keys get independent weights. Extension points: :class:`HiddenSites`.
     """
 
-    def __init__(self, spec: MLPSpec, seeds: torch.Tensor):
+    def __init__(self, spec: MLPSpec, seeds: torch.Tensor, key: str = "init"):
         super().__init__()
         self.spec = spec
         self._init_sites(spec.activation)
@@ -243,10 +244,10 @@ class BatchedMLP(HiddenSites, nn.Module):
                 last = i == len(self.layers) - 1
                 act = "linear" if last else spec.activation
                 bound = init_bound(spec.init, layer.in_features, layer.out_features, act)
-                layer.weight.copy_(rng.uniform(seeds, 0, f"init/layer{i}", tuple(layer.weight.shape[1:]),
+                layer.weight.copy_(rng.uniform(seeds, 0, f"{key}/layer{i}", tuple(layer.weight.shape[1:]),
                                                -bound, bound))
                 if spec.init == "default":
-                    layer.bias.copy_(rng.uniform(seeds, 0, f"init/layer{i}/bias", (layer.out_features,),
+                    layer.bias.copy_(rng.uniform(seeds, 0, f"{key}/layer{i}/bias", (layer.out_features,),
                                                  -bound, bound))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:

@@ -3,7 +3,8 @@
 For each run and seed, the per-task values in ``metrics.csv`` are averaged over bins of
 consecutive tasks; the line is the mean over seeds of these per-seed bin means and the shaded band
 their Student-t 95% confidence interval (n − 1 degrees of freedom, no band with one seed), the
-interval of ``summary.yaml``. Bins follow the papers: ``scr`` 2 change periods (20 000 examples,
+interval of ``summary.yaml``, or (``--band bootstrap``) the 95% bootstrap interval the reference's RL
+figures draw (``lop/rl/plots/fig3.py``). Bins follow the papers: ``scr`` 2 change periods (20 000 examples,
 ``lop/slowly_changing_regression/plots/online_performance.py``), ``pmnist`` 1 task (60 000
 examples); any other task about 50 bins over its stream.
 """
@@ -19,6 +20,7 @@ from typing import Any, Sequence
 import matplotlib
 import numpy as np
 import seaborn as sns
+from scipy import stats
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter, MaxNLocator
@@ -142,9 +144,27 @@ def bin_means(values: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     return ends, means
 
 
-def band(per_seed: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """Mean over seeds of ``per_seed[seeds, bins]`` and its Student-t 95% CI (None with one seed)."""
-    mean, low, high = zip(*(mean_ci95(column[np.isfinite(column)]) if np.isfinite(column).any()
+BANDS = ("t", "bootstrap")
+
+
+def bootstrap_ci95(values: np.ndarray) -> tuple[float, float | None, float | None]:
+    """Mean and 95% bootstrap CI of the mean, as ``lop/rl/plots/fig3.py`` (``scipy.stats.bootstrap``,
+    its defaults: BCa, 9 999 resamples); the resampling is seeded (0) so a figure is reproducible,
+    where the reference's is not. One value: no interval; all equal: the value itself."""
+    mean = float(np.mean(values))
+    if len(values) < 2:
+        return mean, None, None
+    if np.all(values == values[0]):
+        return mean, mean, mean
+    ci = stats.bootstrap((values,), np.mean, confidence_level=0.95, rng=np.random.default_rng(0)).confidence_interval
+    return mean, float(ci.low), float(ci.high)
+
+
+def band(per_seed: np.ndarray, kind: str = "t") -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Mean over seeds of ``per_seed[seeds, bins]`` and its 95% CI (None with one seed): Student t
+    (``kind`` "t"), or the reference RL plots' bootstrap (:func:`bootstrap_ci95`)."""
+    ci = mean_ci95 if kind == "t" else bootstrap_ci95
+    mean, low, high = zip(*(ci(column[np.isfinite(column)]) if np.isfinite(column).any()
                             else (np.nan, None, None) for column in per_seed.T))
     if per_seed.shape[0] < 2:
         return np.array(mean), None, None
@@ -186,13 +206,13 @@ def axis_label(metric: str, run: Run) -> str:
     return text if metric in run.metrics else f"{text}, mean over layers"
 
 
-def title(runs: Sequence[Run]) -> str:
+def title(runs: Sequence[Run], kind: str = "t") -> str:
     c = runs[0].config
     counts = sorted({len(r.config["seeds"]) for r in runs})
     n = str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
     single = " (none for 1 seed)" if counts[0] == 1 else ""
     return (f"{c['task']} / {c['protocol']} (protocol {c['protocol_hash']}), n = {n} seeds\n"
-            f"line: mean over seeds; band: 95% CI (Student t){single}")
+            f"line: mean over seeds; band: 95% CI ({'Student t' if kind == 't' else 'bootstrap'}){single}")
 
 
 def palette(n: int) -> list:
@@ -206,10 +226,11 @@ def _x_label(size: int) -> str:
     return "task" if size == 1 else f"task (mean over bins of {size} tasks)"
 
 
-def _draw_panel(ax, runs: Sequence[Run], names: Sequence[str], colours, metric: str, size: int) -> None:
+def _draw_panel(ax, runs: Sequence[Run], names: Sequence[str], colours, metric: str, size: int,
+                kind: str) -> None:
     for run, name, colour in zip(runs, names, colours):
         ends, per_seed = bin_means(run.series(metric), size)
-        mean, low, high = band(per_seed)
+        mean, low, high = band(per_seed, kind)
         ax.plot(ends, mean, color=colour, label=name, lw=1.8 if len(ends) <= 100 else 1.3,
                 marker="o" if len(ends) <= 30 else None, ms=4)
         if low is not None:
@@ -226,8 +247,8 @@ def _examples_axis(ax, per_task: int) -> None:
     top.set_xlabel("examples")
 
 
-def draw(runs: Sequence[Run], metrics: Sequence[str], output: Path) -> None:
-    """Write the figure: one panel per metric and one cell for the legend."""
+def draw(runs: Sequence[Run], metrics: Sequence[str], output: Path, kind: str = "t") -> None:
+    """Write the figure: one panel per metric and one cell for the legend; ``kind``: the band (:func:`band`)."""
     spec = runs[0].spec
     size = bin_tasks(spec["task"], spec["n_tasks"])
     per_task = examples_per_task(spec)
@@ -242,13 +263,13 @@ def draw(runs: Sequence[Run], metrics: Sequence[str], output: Path) -> None:
         _check_format(fig, output)
         axes = list(fig.subplots(nrows, ncols, squeeze=False).flat)
         for i, (ax, metric) in enumerate(zip(axes, metrics)):
-            _draw_panel(ax, runs, names, colours, metric, size)
+            _draw_panel(ax, runs, names, colours, metric, size, kind)
             if per_task and i < ncols:
                 _examples_axis(ax, per_task)
         for spare in axes[len(metrics):]:
             spare.axis("off")
         _legend(fig, axes[len(metrics)] if len(metrics) > 1 else None, axes[0], names)
-        fig.suptitle(title(runs))
+        fig.suptitle(title(runs, kind))
         output.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(output, dpi=150)
 

@@ -164,7 +164,7 @@ def plan(method: str, task: str, protocol: str, seeds: str | None, overrides: Ma
          out: Path, task_options: Mapping[str, str] | None = None) -> Plan:
     method_cls, task_cls = METHODS.get(method), TASKS.get(task)
     proto = task_protocol(task_cls, protocol, task_options or {})
-    require_boundaries(method_cls, proto)
+    require_boundaries(method_cls, task_cls, proto)
     try:
         hparams = method_cls.hparams_for(task, overrides)
     except ValueError as exc:

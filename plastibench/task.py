@@ -64,11 +64,13 @@ def boundaries_hidden(protocol: Protocol) -> bool:
     return protocol.settings.get("boundaries", "visible") == "hidden"
 
 
-def require_boundaries(method_cls: type, protocol: Protocol) -> None:
+def require_boundaries(method_cls: type, task_cls: type, protocol: Protocol) -> None:
     """Refuse (UsageError) a method that acts at task boundaries on a stream that hides them."""
     if boundaries_hidden(protocol) and getattr(method_cls, "needs_boundaries", False):
+        how = ("task.boundaries=hidden hides them; run it with task.boundaries=visible" if task_cls.has_boundaries
+               else "it has no task boundaries (its tasks are bins of one stream)")
         raise UsageError(f"method {method_cls.name!r} acts at task boundaries (on_task_start), but "
-                         "task.boundaries=hidden hides them; run it with task.boundaries=visible")
+                         f"{protocol.task} {how}")
 
 
 class Task:
@@ -83,6 +85,9 @@ class Task:
     # first being what every protocol means when the setting is absent; a value "NAME:N" stands for
     # NAME:1, NAME:2, ... (``BOUNDARIES``, ``TRANSITION``).
     options: ClassVar[dict[str, tuple[str, ...]]] = {}
+    # False: the "tasks" are bins of one stream, with no boundary a learner could act on (the
+    # protocols set boundaries=hidden and offer no choice)
+    has_boundaries: ClassVar[bool] = True
     clock: StepClock | None = None  # the run's device clock, set by the engine (read by ``from_new``)
 
     def __init__(self, protocol: Protocol, seeds: torch.Tensor, *, data_dir: str | Path | None = None,

@@ -348,3 +348,13 @@ def ray_cluster(ray_env, tmp_path_factory) -> str:
             except subprocess.TimeoutExpired:
                 os.killpg(head.pid, signal.SIGKILL)
                 head.wait()
+
+
+@pytest.fixture(scope="session")
+def rl_extra():
+    """MuJoCo 4 (``mujoco.batch``) and gymnasium's MuJoCo environments importable (``plastibench[rl]``)."""
+    try:
+        import gymnasium.envs.mujoco  # noqa: F401
+        import mujoco.batch  # noqa: F401
+    except ImportError as e:
+        missing(f"MuJoCo 4 or gymnasium[mujoco] ({e})", 'pip install -e ".[rl]"')

@@ -456,6 +456,9 @@ def test_pmnist_online_accuracy_uses_the_pre_update_prediction(tmp_path, tiny_mn
 # --------------------------------------------------------------------------------------------
 
 PINNED_HASHES = {
+    ("ant", "paper"): "e8f3cd8fd3da25a6",
+    ("ant", "short"): "212b81d60676027c",
+    ("ant", "smoke"): "3cc539cac7e6c61b",
     ("cifar5p1", "paper"): "99f4e09c483469d7",
     ("cifar5p1", "short"): "443740de8fc7fb67",
     ("cifar5p1", "smoke"): "da6c9836eb322d39",
@@ -489,6 +492,9 @@ PINNED_HASHES = {
     ("scr", "flip-one"): "c2f0159d8f9a3a3e",
     ("scr", "short"): "e48d9878e66f20ab",
     ("scr", "smoke"): "10abdee9e44b8f9a",
+    ("sant", "paper"): "e8ca36f7f0dbb3ee",
+    ("sant", "short"): "4d7db5d947e66991",
+    ("sant", "smoke"): "eb8b716b68a4f9cf",
     ("warmstart", "paper"): "762ac7c1552f143d",
     ("warmstart", "short"): "a827aafc5670897a",
     ("warmstart", "smoke"): "e56b8821410b36d8",

@@ -131,6 +131,19 @@ def test_band_equals_scipy_t_interval():
     assert low is None and high is None  # one seed: no band
 
 
+def test_bootstrap_band_equals_scipy_bootstrap_per_bin(smoke_runs, tmp_path):
+    per_seed = np.array([[1.0, 10.0], [2.0, 14.0], [4.0, 9.0], [7.0, 11.0]])
+    mean, low, high = plots.band(per_seed, "bootstrap")
+    for b in range(2):
+        ci = scipy.stats.bootstrap((per_seed[:, b],), np.mean, confidence_level=0.95,
+                                   rng=np.random.default_rng(0)).confidence_interval
+        assert (mean[b], low[b], high[b]) == pytest.approx((per_seed[:, b].mean(), ci.low, ci.high))
+    out = tmp_path / "boot.png"
+    assert "bootstrap" not in plots.title(plots.load_runs(smoke_runs))
+    assert_exit(invoke(*map(str, smoke_runs), "-o", str(out), "--band", "bootstrap"), 0)
+    assert_exit(invoke(*map(str, smoke_runs), "-o", str(out), "--band", "normal"), 2)
+
+
 def test_bins_follow_the_papers(monkeypatch):
     scr, pmnist = TASKS.get("scr").protocol("paper"), TASKS.get("pmnist").protocol("paper")
     assert plots.bin_tasks("scr", scr.n_tasks) * plots.examples_per_task(scr.to_dict()) == 20_000

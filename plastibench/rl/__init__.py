@@ -1,0 +1,1 @@
+"""Reinforcement learning: seed-batched MuJoCo environments and PPO (optional extra ``plastibench[rl]``)."""
