@@ -35,12 +35,13 @@ def _mix(x: torch.Tensor) -> torch.Tensor:
 
 def _mix_(x: torch.Tensor) -> torch.Tensor:
     """lowbias32 in place on an int64 tensor whose values are already within [0, 2^32): the same
-    arithmetic as :func:`_mix`, without its five temporaries of ``x``'s size."""
-    x ^= x >> 16
+    arithmetic as :func:`_mix`, with one scratch tensor of ``x``'s size instead of eight temporaries."""
+    shifted = torch.empty_like(x)
+    x ^= torch.bitwise_right_shift(x, 16, out=shifted)
     x.mul_(0x7FEB352D).bitwise_and_(_MASK)
-    x ^= x >> 15
+    x ^= torch.bitwise_right_shift(x, 15, out=shifted)
     x.mul_(0x846CA68B).bitwise_and_(_MASK)
-    x ^= x >> 16
+    x ^= torch.bitwise_right_shift(x, 16, out=shifted)
     return x
 
 
