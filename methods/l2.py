@@ -10,7 +10,10 @@ Defaults (Dohare et al. 2024 reference configs): ``pmnist`` λ = 1e-4, the value
 and the value was not tuned here); ``cimagenet`` λ = 3e-6 with the config's own step size
 0.03 instead of the protocol's 0.01 (``lop/imagenet/cfg/l2.json``; ``lr`` = 0 keeps the protocol's
 rate); ``icifar100`` λ = 5e-4, the rate every CIFAR config already uses (the paper has no separate
-L2 run there, so ``l2`` equals ``bp`` on that task).
+L2 run there, so ``l2`` equals ``bp`` on that task); ``ipmnist`` λ = 1e-3 at the protocol's step
+size 1e-3: UPGD's final "SGD" run there, which is this rule (``mohmdelsayed/upgd``
+``core/optim/sgd.py``: θ ← θ − α·(g + λ·θ); ``experiments/statistics_input_permuted_mnist.py``,
+``sgd_grid``: lr 0.001, weight_decay 0.001), the paper's SGDW.
 
 RL (``sant``, ``ant``; ``lop/rl/cfg/*/l2.yml``, ``cbp.yml``, ``ant/redo.yml``): every configuration
 with weight decay also runs Adam with β = (0.99, 0.99) instead of the protocol's (0.9, 0.999):
@@ -50,6 +53,7 @@ class L2(Method):
     defaults = {"weight_decay": 1e-4, "lr": 0.0, "adam_betas": "protocol"}
     task_defaults = {"scr": {"weight_decay": 1e-3}, "pmnist": {"weight_decay": 1e-4},
                      "cimagenet": {"weight_decay": 3e-6, "lr": 0.03}, "icifar100": {"weight_decay": 5e-4},
+                     "ipmnist": {"weight_decay": 1e-3},
                      **dict.fromkeys(("sant", "ant"), {"weight_decay": 1e-3, "adam_betas": "0.99,0.99"})}
     composed_task_defaults = dict.fromkeys(("cbp", "redo"), dict.fromkeys(("sant", "ant"), {"weight_decay": 1e-4}))
     bounds = {"weight_decay": NON_NEGATIVE, "lr": NON_NEGATIVE}  # lr 0: the protocol's step size

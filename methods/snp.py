@@ -14,7 +14,10 @@ tuned here); ``cimagenet`` λ = 1e-5, σ = 1e-5 (``lop/imagenet/cfg/snp.json``);
 S&P runs on them (``mohmdelsayed/upgd`` ``experiments/statistics_output_permuted_emnist.py`` and
 ``..._cifar10.py`` l.59-66, ``sp_grid``: step size η = 0.01, ``decay`` 1e-3, ``sigma`` 5e-3), whose
 rule θ ← (1 − η·decay)·θ − η·(g + σ_U·ξ) (``core/optim/shrink_and_perturb.py``) is this one with
-λ = decay = 1e-3 and σ = η·σ_U = 5e-5 at the protocols' step size η = 0.01.
+λ = decay = 1e-3 and σ = η·σ_U = 5e-5 at the protocols' step size η = 0.01. ``ipmnist``: UPGD's
+final S&P run on input-permuted MNIST (``experiments/statistics_input_permuted_mnist.py``,
+``sp_grid``: η = 0.001, ``decay`` 0.01, ``sigma`` 0.05), by the same rule λ = 1e-2 and
+σ = η·σ_U = 5e-5 at the protocol's η = 0.001.
 
 Vectorizable (``plastibench.members``): λ (the optimizer's, per member) and σ (``rng.normal``
 scales each member's draws by its own σ).
@@ -39,7 +42,8 @@ class ShrinkAndPerturb(Method):
                      "cimagenet": {"weight_decay": 1e-5, "perturb_scale": 1e-5},
                      "icifar100": {"weight_decay": 5e-4, "perturb_scale": 1e-5},
                      "lpemnist": {"weight_decay": 1e-3, "perturb_scale": 5e-5},
-                     "lpcifar10": {"weight_decay": 1e-3, "perturb_scale": 5e-5}}
+                     "lpcifar10": {"weight_decay": 1e-3, "perturb_scale": 5e-5},
+                     "ipmnist": {"weight_decay": 1e-2, "perturb_scale": 5e-5}}
     bounds = {"weight_decay": NON_NEGATIVE, "perturb_scale": NON_NEGATIVE}  # σ = 0: no noise
     vectorizable = frozenset({"weight_decay", "perturb_scale"})
 

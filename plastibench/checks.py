@@ -171,8 +171,9 @@ class _Watching:
         return features
 
 
-def check_step(engine, n_steps: int, warmup: int = 2) -> list[str]:
-    """Train ``engine`` (task 0, started here) for ``n_steps`` steps; the problems found, deduplicated.
+def check_step(engine, n_steps: int, warmup: int = 2, task: int = 0) -> list[str]:
+    """Train ``engine`` (task ``task``, started here) for ``n_steps`` steps; the problems found,
+    deduplicated. A later task than 0 checks the steps that read its predecessor (a transition).
 
     The first ``warmup`` steps are not watched: lazily built state (optimizer buffers, blocks) may be
     created there, as a CUDA graph's warm-up allows.
@@ -181,11 +182,11 @@ def check_step(engine, n_steps: int, warmup: int = 2) -> list[str]:
         raise ValueError("check_step runs on the CPU (it uses the meta device as the default device)")
     watcher = _Watching(engine, warmup)
     engine.stepper = watcher
-    engine.task.start_task(0)
-    engine.task.begin_task(0, engine.net, engine.optimizer)
-    engine.method.on_task_start(0)
+    engine.task.start_task(task)
+    engine.task.begin_task(task, engine.net, engine.optimizer)
+    engine.method.on_task_start(task)
     try:
-        engine.train_steps(0, 0, min(n_steps, engine.task.steps_in_task(0)))
+        engine.train_steps(task, 0, min(n_steps, engine.task.steps_in_task(task)))
     except _Stop:
         pass
     problems = list(dict.fromkeys(watcher.problems))

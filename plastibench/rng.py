@@ -3,11 +3,15 @@
 Seed k's random numbers never depend on which other seeds run beside it, on the device, or on how
 often the program was interrupted and resumed: nothing is stateful. The hash is the 32-bit
 "lowbias32" integer finaliser (Chris Wellons, 2018), chained over the keys; it is computed with
-int64 tensor arithmetic masked to 32 bits, so CPU and GPU give identical bits.
+int64 tensor arithmetic masked to 32 bits, so CPU and GPU give identical bits. The index half of
+a draw (``_mix(index + c)``) is cached per (size, device), 64 sizes at most, and the rest is mixed in
+place: since issue 13 the same bits as before at a fraction of the memory traffic
+(``tests/test_rng_bits.py``).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import weakref
@@ -25,12 +29,35 @@ def purpose_id(name: str) -> int:
 
 
 def _mix(x: torch.Tensor) -> torch.Tensor:
-    x = x & _MASK
-    x = x ^ (x >> 16)
-    x = (x * 0x7FEB352D) & _MASK
-    x = x ^ (x >> 15)
-    x = (x * 0x846CA68B) & _MASK
-    return x ^ (x >> 16)
+    """lowbias32 of ``x``'s low 32 bits, as a new int64 tensor."""
+    return _mix_(x & _MASK)
+
+
+def _mix_(x: torch.Tensor) -> torch.Tensor:
+    """lowbias32 in place on an int64 tensor whose values are already within [0, 2^32): the same
+    arithmetic as :func:`_mix`, with one scratch tensor of ``x``'s size instead of eight temporaries."""
+    shifted = torch.empty_like(x)
+    x ^= torch.bitwise_right_shift(x, 16, out=shifted)
+    x.mul_(0x7FEB352D).bitwise_and_(_MASK)
+    x ^= torch.bitwise_right_shift(x, 15, out=shifted)
+    x.mul_(0x846CA68B).bitwise_and_(_MASK)
+    x ^= torch.bitwise_right_shift(x, 16, out=shifted)
+    return x
+
+
+@functools.lru_cache(maxsize=64)
+def _index_hashes(n: int, device: torch.device) -> torch.Tensor:
+    """``_mix(arange(n) + 0x632BE5AB)``: the per-index half of every draw of ``n`` elements, which
+    depends on nothing else, so it is computed once per (n, device) (read-only)."""
+    return _mix_(torch.arange(n, device=device, dtype=torch.int64) + 0x632BE5AB)
+
+
+def _index_part(n: int, device: torch.device) -> torch.Tensor:
+    """:func:`_index_hashes`, except while a CUDA graph is being captured: a tensor allocated in the
+    capture belongs to the graph's pool, so it is not cached then."""
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return _mix_(torch.arange(n, device=device, dtype=torch.int64) + 0x632BE5AB)
+    return _index_hashes(n, device)
 
 
 def hash32(seeds: torch.Tensor, step: int | torch.Tensor, purpose: str, shape: tuple[int, ...]) -> torch.Tensor:
@@ -41,19 +68,20 @@ def hash32(seeds: torch.Tensor, step: int | torch.Tensor, purpose: str, shape: t
     """
     n = math.prod(shape)
     device = seeds.device
-    index = torch.arange(n, device=device, dtype=torch.int64)
     step_t = torch.as_tensor(step, device=device, dtype=torch.int64)
     key = _mix(seeds.to(torch.int64).view(-1, *([1] * step_t.dim())) ^ purpose_id(purpose))
     key = _mix(key ^ (step_t & _MASK))
     key = _mix(key ^ ((step_t >> 32) & _MASK) * 0x9E3779B9)
-    h = _mix(key.unsqueeze(-1) ^ _mix(index + 0x632BE5AB))
+    h = _mix_(key.unsqueeze(-1) ^ _index_part(n, device))
     return h.view(seeds.numel(), *step_t.shape, *shape)
 
 
 def uniform(seeds: torch.Tensor, step: int | torch.Tensor, purpose: str, shape: tuple[int, ...],
             low: float = 0.0, high: float = 1.0) -> torch.Tensor:
     """Float32 uniforms on ``[low, high)`` with 24 random bits each, shape ``[S, *shape]``."""
-    u = (hash32(seeds, step, purpose, shape) >> 8).to(torch.float32) * (1.0 / (1 << 24))
+    u = hash32(seeds, step, purpose, shape).bitwise_right_shift_(8).to(torch.float32).mul_(1.0 / (1 << 24))
+    if low == 0.0 and high == 1.0:
+        return u  # 0 + 1·u is u, bit for bit
     return low + (high - low) * u
 
 
@@ -62,10 +90,9 @@ def normal(seeds: torch.Tensor, step: int | torch.Tensor, purpose: str, shape: t
     """Float32 normals N(0, std²) by Box–Muller, shape ``[S, *shape]``; ``std`` a number or one per
     seed ``[S]`` (a per-member value, :mod:`plastibench.members`: the same numbers as that seed's
     draw with its std as a number)."""
-    u1 = uniform(seeds, step, purpose + "/u1", shape)
-    u2 = uniform(seeds, step, purpose + "/u2", shape)
-    r = torch.sqrt(-2.0 * torch.log1p(-u1))
-    return per_member(std, r) * r * torch.cos((2.0 * math.pi) * u2)
+    r = uniform(seeds, step, purpose + "/u1", shape).neg_().log1p_().mul_(-2.0).sqrt_()
+    angle = uniform(seeds, step, purpose + "/u2", shape).mul_(2.0 * math.pi).cos_()
+    return r.mul_(per_member(std, r)).mul_(angle)  # (std·r)·cos, in place; the same bits
 
 
 def permutation(seeds: torch.Tensor, step: int | torch.Tensor, purpose: str, n: int) -> torch.Tensor:

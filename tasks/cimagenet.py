@@ -44,6 +44,12 @@ store's dtype, after checking the value range of the loaded images (:data:`INPUT
 The data record of a run (``Task.data_record``, part of its identity) states the store's source
 (``Imagenet32 official batches`` or ``reference archive``), dtype and value range, and the transform.
 
+``task.transition=linear:N`` (issue 13): in-task step t < N of task k ≥ 1 draws its examples as
+usual (label and store row from the epoch's order) and shows each one, with probability 1 − t/N
+(``Task.from_new``), as the image of the same row of task k − 1's class of that label: the old pair's
+images keep their old labels (a binary task throughout, the head zeroed at task k's start as
+always). The held-out test accuracy is task k's alone. ``abrupt``, the default, is unchanged.
+
 Protocols: ``paper`` is 5000 tasks (15 M steps) for every method: the length of the reference's
 CBP, L2 and S&P runs. The reference's backprop ran 2000 tasks only (``cfg/bp.json``): compare
 backprop with the paper's BP curve with ``plastibench compare --at-task 2000 RUN_DIR...``, the score
@@ -74,7 +80,7 @@ from plastibench.data.paths import DataUnavailable
 from plastibench.evaluate import accuracy, chunks
 from plastibench.protocol import OptimizerSpec, Protocol
 from plastibench.registry import register_task
-from plastibench.task import BOUNDARIES, Task
+from plastibench.task import BOUNDARIES, TRANSITION, Task
 from plastibench.vision import BatchedConvNet
 
 _SGD = OptimizerSpec(name="sgd", lr=0.01, momentum=0.9)
@@ -126,7 +132,7 @@ _AS_STORED = "; reference archive, values as stored"
 class ContinualImageNet(Task):
     summary = "Continual ImageNet: binary tasks on ImageNet 32x32 class pairs, ConvNet, 250 epochs each"
     plot_bin_tasks = 50  # as lop/imagenet/bp_plot.py
-    options = {**BOUNDARIES}  # task.boundaries=hidden: the task's own per-task set-up still runs
+    options = {**BOUNDARIES, **TRANSITION}  # task.boundaries=hidden: the task's own per-task set-up still runs
     protocols = {
         "paper": _protocol("paper", 5000, 250, _PAPER + _OFFICIAL),
         "short": _protocol("short", 1000, 250, _SHORT + _OFFICIAL, seeds=10),
@@ -197,10 +203,16 @@ class ContinualImageNet(Task):
         return BatchedConvNet(self.seeds if seeds is None else seeds, num_classes=CLASSES_PER_TASK)
 
     # ----- the stream -----
-    def start_task(self, task_index):
+    def _pair(self, task_index: int) -> torch.Tensor:
+        """Task ``task_index``'s ``[S, 2]`` class positions; label = column."""
         n = self.order.shape[1]
         cols = torch.tensor([(2 * task_index) % n, (2 * task_index + 1) % n], device=self.device)
-        self.pair = self.order[:, cols]  # [S, 2] class positions; label = column
+        return self.order[:, cols]
+
+    def start_task(self, task_index):
+        self.pair = self._pair(task_index)
+        if self.transition_steps:
+            self.previous = self._pair(max(task_index - 1, 0))
 
     def begin_task(self, task_index, net, optimizer):
         if self.protocol.settings["zero_head"]:
@@ -208,9 +220,11 @@ class ContinualImageNet(Task):
                 net.fc3.weight.zero_()
                 net.fc3.bias.zero_()
 
-    def _images(self, label: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
-        """Images of class ``pair[label]``, store row ``row`` (both ``[S, B]``) as float ``[S, B, 3, 32, 32]``."""
-        cls = self.pair.gather(1, label)
+    def _images(self, label: torch.Tensor, row: torch.Tensor, pair: torch.Tensor | None = None) -> torch.Tensor:
+        """Images of class ``pair[label]`` (default: the task's pair), store row ``row`` (both
+        ``[S, B]``; ``pair`` ``[S, 2]`` or per sample ``[S, B, 2]``) as float ``[S, B, 3, 32, 32]``."""
+        pair = self.pair if pair is None else pair
+        cls = pair.gather(1, label) if pair.dim() == 2 else pair.gather(2, label.unsqueeze(-1)).squeeze(-1)
         return self.images[cls, row].float().mul_(self.scale)
 
     def _steps_per_epoch(self) -> int:
@@ -238,7 +252,10 @@ class ContinualImageNet(Task):
         k = step % self._steps_per_epoch()
         idx = self._epoch_order.index_select(1, k * self.protocol.batch_size + self._rows)
         label = idx // per_class
-        return self._images(label, idx % per_class), label
+        if not self.transition_steps:
+            return self._images(label, idx % per_class), label
+        pair = torch.where(self.from_new(step).unsqueeze(-1), self.pair.unsqueeze(1), self.previous.unsqueeze(1))
+        return self._images(label, idx % per_class, pair), label
 
     def loss(self, out, y):
         s, b, c = out.shape

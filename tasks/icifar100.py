@@ -62,6 +62,15 @@ the first increment); the paper does not plot it and we do not record it. The en
 diagnostics reuse the last increment's probe (its classes are then trained on; the reference has no
 end-of-run analysis).
 
+``task.transition=linear:N`` (issue 13). Task k − 1 is increment k − 1's distribution: the first
+5k classes of the seed's order. In-task step t < N of increment k ≥ 1 takes each sample, with
+probability t/N (``Task.from_new``), from the increment's epoch order (all 5(k+1) seen classes, the
+new ones included), else from an epoch order of its own over the 5k old classes' training images
+(keyed by the epoch, read cyclically at the same position). So the new classes' share of the
+samples grows from 0 to 1/(k+1), the share they have from step N on. Labels stay the classes'
+positions in the order and the logits those of all 5(k+1) seen classes; evaluation, early stopping
+and the learning-rate schedule are unchanged. ``abrupt``, the default, is unchanged.
+
 Protocols (version 2 since issue 11: metric, probe, dormant threshold): ``paper`` is the reference's
 20 increments of 200 epochs (1 050 000 steps); ``short`` keeps every setting and stops after 10
 increments (50 classes, 275 000 steps), the part of the paper's Fig. 2 where backprop's gap to a
@@ -84,7 +93,7 @@ from plastibench.diagnostics import (batch_statistics, dormant_fraction, effecti
 from plastibench.evaluate import accuracy, chunks
 from plastibench.protocol import OptimizerSpec, Protocol
 from plastibench.registry import register_task
-from plastibench.task import BOUNDARIES, Task
+from plastibench.task import BOUNDARIES, TRANSITION, Task
 from plastibench.vision import BatchedResNet18
 
 _SGD = OptimizerSpec(name="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4)
@@ -109,11 +118,19 @@ def _protocol(name: str, n_tasks: int, epochs: int, description: str, *, classes
                               "dormant_threshold": 0.01, "widths": list(widths)})
 
 
+def _into(buffer: torch.Tensor | None, values: torch.Tensor) -> torch.Tensor:
+    """``values`` written into ``buffer`` in place when the shapes agree (a captured step reads the
+    buffer's memory), else ``values`` itself as the new buffer."""
+    if buffer is None or buffer.shape != values.shape:
+        return values
+    return buffer.copy_(values)
+
+
 @register_task("icifar100")
 class IncrementalCIFAR100(Task):
     summary = "class-incremental CIFAR-100: 20 increments of 5 classes, ResNet-18, 200 epochs each"
     plot_bin_tasks = 1
-    options = {**BOUNDARIES}  # task.boundaries=hidden: the task's own per-task set-up still runs
+    options = {**BOUNDARIES, **TRANSITION}  # task.boundaries=hidden: the task's own per-task set-up still runs
     protocols = {
         "paper": _protocol("paper", 20, 200, "the reference's 20 increments of 5 classes, 200 epochs each "
                                              "(increment k has k times the first's steps)"),
@@ -139,7 +156,7 @@ class IncrementalCIFAR100(Task):
         self.test_index = torch.from_numpy(test).to(dev)  # [100, per class] image indexes
         self.order = rng.permutation(seeds, 0, "icifar100/class_order", N_CLASSES)
         self.seen = 0
-        self._epoch_key, self._epoch_order = None, None
+        self._epoch_key, self._epoch_order, self._old_order = None, None, None
         self._rows = torch.arange(protocol.batch_size, device=self.device)
         self.best_accuracy, self.best_state, self.max_test = None, None, None
 
@@ -216,16 +233,25 @@ class IncrementalCIFAR100(Task):
             n = self.seen * self.protocol.settings["train_per_class"]
             key = task_index * (self.protocol.settings["epochs"] + 1) + epoch
             order = rng.permutation(self.seeds, key, "icifar100/epoch", n)
-            if self._epoch_order is None or self._epoch_order.shape != order.shape:
-                self._epoch_order = order
-            else:
-                self._epoch_order.copy_(order)
+            self._epoch_order = _into(self._epoch_order, order)
             self._epoch_key = (task_index, epoch)
+            if self.transition_steps and task_index > 0:
+                self._draw_old_order(task_index, step, key)
+
+    def _draw_old_order(self, task_index: int, step: int, key: int) -> None:
+        """The epoch's order of the old classes' training examples (``transition=linear:N``), drawn
+        for the epochs that start before step N (and after a resume): later steps take nothing from it."""
+        old = task_index * self.protocol.settings["classes_per_task"] * self.protocol.settings["train_per_class"]
+        if step < self.transition_steps or self._old_order is None or self._old_order.shape[1] != old:
+            self._old_order = _into(self._old_order, rng.permutation(self.seeds, key, "icifar100/epoch/old", old))
 
     def batch(self, task_index, step):
         b = self.protocol.batch_size
         k = step % self.steps_per_epoch(task_index)
         flat = self._epoch_order.index_select(1, k * b + self._rows)
+        if self.transition_steps and task_index > 0:
+            old = self._old_order.index_select(1, (k * b + self._rows) % self._old_order.shape[1])
+            flat = torch.where(self.from_new(step), flat, old)
         index, label = self._labelled(self.train_index, flat)
         x = self._images(self.train_images, index)
         global_step = self.task_offset(task_index) + step

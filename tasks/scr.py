@@ -48,6 +48,11 @@ reference's per-period errors to within 6e-7 relative over all 100 periods of ru
 reference code printed. Methods that draw during training (CBP's replacements, S&P's noise) still
 draw from plastibench's keyed generator.
 
+``task.transition=linear:N`` (issue 13): in-task step t < N of period k ≥ 1 keeps period k's fast bits
+and, per sample, takes period k's slow bits with probability t/N, else period k − 1's
+(``Task.from_new``); the target is the same fixed LTU net of the input shown. From step N on (and
+with the default ``abrupt``, whose streams and hashes are unchanged) every sample is period k's.
+
 Diagnostics probe (plastibench's choice, issue 11): ``probe_size`` inputs whose 20 bits are *all*
 fresh fair coins, slow bits included, drawn from the rng keyed by (seed, period) with purposes of
 their own (``probe`` for the fast bits, ``probe/slow`` for the slow ones), so the probe is a pure
@@ -67,7 +72,7 @@ from plastibench.nn import BatchedLinear
 from plastibench.nn import BatchedMLP, MLPSpec
 from plastibench.protocol import OptimizerSpec, Protocol
 from plastibench.registry import register_task
-from plastibench.task import BOUNDARIES, Task
+from plastibench.task import BOUNDARIES, TRANSITION, Task
 
 _SETTINGS = {"n_inputs": 20, "n_slow_bits": 15, "target_features": 100, "beta": 0.7, "hidden": 5,
              "activation": "relu", "variant": "redraw"}
@@ -148,7 +153,7 @@ class SlowlyChangingRegression(Task):
     summary = "slowly-changing regression: 20-5-1 ReLU learner vs a drifting LTU target, online"
     plot_bin_tasks = 2  # bins of 20 000 examples, as lop/slowly_changing_regression/plots
     online = True
-    options = {"rng": ("plastibench", "reference"), **BOUNDARIES}
+    options = {"rng": ("plastibench", "reference"), **BOUNDARIES, **TRANSITION}
     protocols = {
         "paper": _protocol("paper", 100, 10_000, "the reference's 1M examples, all slow bits redrawn; 100 seeds "
                            "by default, as the paper's 100 runs", seeds=100),
@@ -235,10 +240,17 @@ class SlowlyChangingRegression(Task):
             self.x = self._inputs(task_index, n, "fast")
             self.y = self.target(self.x)
             self._period = task_index
+            if self.transition_steps:
+                self.previous = self._slow_bits(max(task_index - 1, 0)).unsqueeze(1)  # [S, 1, f]
 
     def batch(self, task_index, step):
         rows = step * self.protocol.batch_size + self._rows
-        return self.x.index_select(1, rows), self.y.index_select(1, rows)
+        x = self.x.index_select(1, rows)
+        if not self.transition_steps:
+            return x, self.y.index_select(1, rows)
+        old = torch.cat([self.previous.expand(-1, x.shape[1], -1), x[..., self.f:]], dim=-1)
+        x = torch.where(self.from_new(step).unsqueeze(-1), x, old)
+        return x, self.target(x)  # the fixed target of the mixed input: exact (sums of ±1 in float32)
 
     def loss(self, out, y):
         return ((out - y) ** 2).mean(dim=(1, 2))

@@ -126,7 +126,7 @@ def test_the_option_is_hashed_and_recorded_and_the_default_keeps_the_protocol(tm
 
 @pytest.mark.parametrize("item, message", [
     ("task.rng=numpy", "task option rng='numpy': choose one of plastibench, reference"),
-    ("task.seed=3", "task 'scr' has no option 'seed' (its options: boundaries, rng)"),
+    ("task.seed=3", "task 'scr' has no option 'seed' (its options: boundaries, rng, transition)"),
     ("task.rng", "write task.KEY=VALUE"),
 ])
 def test_a_bad_task_option_is_a_usage_error(tmp_path, item, message):
