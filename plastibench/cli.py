@@ -389,16 +389,26 @@ def show_method(name: str):
     console = Console()
     console.print(f"[bold]{name}[/]: {cls.summary}\n[italic]{cls.paper}[/]\n")
     console.print(describe(cls), highlight=False, markup=False)
-    tasks = ["(any)"] + TASKS.names()
-    table = Table(title="default hyperparameters per task")
-    for col in ["hyperparameter", "range"] + tasks:
+    if not cls.hparameter_names():
+        return
+    names, default = sorted(cls.hparameter_names()), cls.hparams_for("(any)")
+    table = Table(title="hyperparameters")
+    for col in ("hyperparameter", "range", "default"):
         table.add_column(col)
-    values = {task: cls.hparams_for(task) for task in tasks}
-    for key in sorted(cls.hparameter_names()):
+    for key in names:
         bound = cls.bounds.get(key)
-        table.add_row(key, "" if bound is None else str(bound), *(str(values[task].get(key, "")) for task in tasks))
-    if cls.hparameter_names():
-        console.print(table)
+        table.add_row(key, "" if bound is None else str(bound), str(default.get(key, "")))
+    console.print(table)
+    per_task = Table(title="defaults per task, where they differ from the default")
+    for col in ("task", "hyperparameter", "value"):
+        per_task.add_column(col)
+    for task in TASKS.names():
+        values = cls.hparams_for(task)
+        changed = [key for key in names if key in values and values[key] != default.get(key)]
+        for i, key in enumerate(changed):
+            per_task.add_row(task if i == 0 else "", key, str(values[key]), end_section=i == len(changed) - 1)
+    if per_task.row_count:
+        console.print(per_task)
 
 
 @show_app.command("task")

@@ -22,7 +22,7 @@ from .select import select_and_report, write_selection
 from .status import CHECKPOINTED, FAILED, FINISHED, NOT_STARTED, RUNNING, RunState, state_of, states_under
 from .sweep import Configuration, batches, expand, load_spec
 
-out_console, err = Console(), Console(stderr=True)
+err = Console(stderr=True)
 STYLE = {FINISHED: "green", RUNNING: "cyan", CHECKPOINTED: "yellow", FAILED: "red", NOT_STARTED: "dim"}  # in display order
 
 
@@ -44,9 +44,10 @@ def print_states(title: str, rows: list[tuple[int | None, RunState]]) -> None:
     for model, s in rows:
         table.add_row("" if model is None else str(model + 1), s.label, f"{s.seed_steps:,}",
                       f"[{STYLE[s.state]}]{s.progress}[/]", s.detail, "" if s.directory is None else str(s.directory))
-    out_console.print(table)
+    out = Console()  # made per call: the width is the terminal's (or COLUMNS) now, not at import
+    out.print(table)
     counts = {state: sum(s.state == state for _, s in rows) for state in STYLE}
-    out_console.print(", ".join(f"{n} {state}" for state, n in counts.items() if n) or "no configuration")
+    out.print(", ".join(f"{n} {state}" for state, n in counts.items() if n) or "no configuration")
 
 
 def _devices(device: str) -> list[str]:
@@ -171,7 +172,7 @@ def sweep_command(
         rows = _states(configurations, groups)
         print_states(f"{spec.name}: {len(configurations)} configurations in {len(groups)} batched models", rows)
         total = sum(s.seed_steps for _, s in rows if s.state != FINISHED)
-        out_console.print(f"to compute: {total:,} seed-steps")
+        Console().print(f"to compute: {total:,} seed-steps")
         return
     options = dict(data_dir=data_dir, verify=verify, checkpoint_every=checkpoint_every, capture=capture)
     slurm = dict(partition=slurm_partition, time_min=slurm_time, gpus_per_job=slurm_gpus_per_job,

@@ -54,6 +54,14 @@ def _fills(value: str, choice: str) -> bool:
     return prefix + ":N" == choice and number.isascii() and number.isdigit() and number[0] != "0"
 
 
+def into(buffer: torch.Tensor | None, values: torch.Tensor) -> torch.Tensor:
+    """``values`` written into ``buffer`` in place when the shapes agree (a captured step reads the
+    buffer's memory: an epoch's order, say), else ``values`` itself as the new buffer."""
+    if buffer is None or buffer.shape != values.shape:
+        return values
+    return buffer.copy_(values)
+
+
 def transition_steps(protocol: Protocol) -> int:
     """N of ``transition=linear:N`` (0 for ``abrupt``, the default)."""
     value = protocol.settings.get("transition", "abrupt")

@@ -54,7 +54,7 @@ from plastibench.data.cifar100 import load_cifar100
 from plastibench.data.paths import DataUnavailable
 from plastibench.protocol import OptimizerSpec, Protocol
 from plastibench.registry import register_task
-from plastibench.task import BOUNDARIES, TRANSITION, Task
+from plastibench.task import BOUNDARIES, TRANSITION, Task, into
 from plastibench.vision import BatchedConvNet
 
 N_CLASSES = 100
@@ -162,10 +162,7 @@ class CIFAR5p1(Task):
         if self._epoch_key == (task_index, epoch):
             return
         order = rng.permutation(self.seeds, epoch, f"cifar5p1/epoch/{task_index}", self.n_examples(task_index))
-        if self._epoch_order is None or self._epoch_order.shape != order.shape:
-            self._epoch_order = order
-        else:
-            self._epoch_order.copy_(order)
+        self._epoch_order = into(self._epoch_order, order)
         self._epoch_key = (task_index, epoch)
 
     def batch(self, task_index, step):

@@ -80,7 +80,7 @@ from plastibench.data.paths import DataUnavailable
 from plastibench.evaluate import accuracy, chunks
 from plastibench.protocol import OptimizerSpec, Protocol
 from plastibench.registry import register_task
-from plastibench.task import BOUNDARIES, TRANSITION, Task
+from plastibench.task import BOUNDARIES, TRANSITION, Task, into
 from plastibench.vision import BatchedConvNet
 
 _SGD = OptimizerSpec(name="sgd", lr=0.01, momentum=0.9)
@@ -240,11 +240,7 @@ class ContinualImageNet(Task):
         if self._epoch_key != (task_index, epoch):
             n = CLASSES_PER_TASK * self.protocol.settings["train_per_class"]
             key = task_index * (self.protocol.settings["epochs"] + 1) + epoch
-            order = rng.permutation(self.seeds, key, "cimagenet/epoch", n)
-            if self._epoch_order is None:
-                self._epoch_order = order
-            else:
-                self._epoch_order.copy_(order)
+            self._epoch_order = into(self._epoch_order, rng.permutation(self.seeds, key, "cimagenet/epoch", n))
             self._epoch_key = (task_index, epoch)
 
     def batch(self, task_index, step):

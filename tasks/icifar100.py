@@ -93,7 +93,7 @@ from plastibench.diagnostics import (batch_statistics, dormant_fraction, effecti
 from plastibench.evaluate import accuracy, chunks
 from plastibench.protocol import OptimizerSpec, Protocol
 from plastibench.registry import register_task
-from plastibench.task import BOUNDARIES, TRANSITION, Task
+from plastibench.task import BOUNDARIES, TRANSITION, Task, into
 from plastibench.vision import BatchedResNet18
 
 _SGD = OptimizerSpec(name="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4)
@@ -116,14 +116,6 @@ def _protocol(name: str, n_tasks: int, epochs: int, description: str, *, classes
                               "lr_milestones": list(LR_MILESTONES), "lr_factor": LR_FACTOR,
                               "early_stopping": True, "augment_test": True, "eval_batch": 100,
                               "dormant_threshold": 0.01, "widths": list(widths)})
-
-
-def _into(buffer: torch.Tensor | None, values: torch.Tensor) -> torch.Tensor:
-    """``values`` written into ``buffer`` in place when the shapes agree (a captured step reads the
-    buffer's memory), else ``values`` itself as the new buffer."""
-    if buffer is None or buffer.shape != values.shape:
-        return values
-    return buffer.copy_(values)
 
 
 @register_task("icifar100")
@@ -233,7 +225,7 @@ class IncrementalCIFAR100(Task):
             n = self.seen * self.protocol.settings["train_per_class"]
             key = task_index * (self.protocol.settings["epochs"] + 1) + epoch
             order = rng.permutation(self.seeds, key, "icifar100/epoch", n)
-            self._epoch_order = _into(self._epoch_order, order)
+            self._epoch_order = into(self._epoch_order, order)
             self._epoch_key = (task_index, epoch)
             if self.transition_steps and task_index > 0:
                 self._draw_old_order(task_index, step, key)
@@ -243,7 +235,7 @@ class IncrementalCIFAR100(Task):
         for the epochs that start before step N (and after a resume): later steps take nothing from it."""
         old = task_index * self.protocol.settings["classes_per_task"] * self.protocol.settings["train_per_class"]
         if step < self.transition_steps or self._old_order is None or self._old_order.shape[1] != old:
-            self._old_order = _into(self._old_order, rng.permutation(self.seeds, key, "icifar100/epoch/old", old))
+            self._old_order = into(self._old_order, rng.permutation(self.seeds, key, "icifar100/epoch/old", old))
 
     def batch(self, task_index, step):
         b = self.protocol.batch_size

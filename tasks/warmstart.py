@@ -58,7 +58,7 @@ from plastibench.data.cifar10 import load_cifar10
 from plastibench.evaluate import accuracy, chunks
 from plastibench.protocol import OptimizerSpec, Protocol
 from plastibench.registry import register_task
-from plastibench.task import BOUNDARIES, Task
+from plastibench.task import BOUNDARIES, Task, into
 from plastibench.vision import BatchedConvNet, BatchedResNet18
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
@@ -154,11 +154,7 @@ class WarmStart(Task):
         if self._epoch_key == (task_index, epoch):
             return
         n = self.pools[task_index].shape[1]
-        order = rng.permutation(self.seeds, epoch, f"warmstart/epoch/{task_index}", n)
-        if self._epoch_order is None or self._epoch_order.shape != order.shape:
-            self._epoch_order = order
-        else:
-            self._epoch_order.copy_(order)
+        self._epoch_order = into(self._epoch_order, rng.permutation(self.seeds, epoch, f"warmstart/epoch/{task_index}", n))
         self._epoch_key = (task_index, epoch)
 
     def batch(self, task_index, step):

@@ -21,7 +21,8 @@ def engine(overrides=None):
 
 def test_paper_baselines_carry_their_image_task_configs():
     l2, snp = METHODS.get("l2"), METHODS.get("snp")
-    assert l2.hparams_for("cimagenet") == {"weight_decay": 3e-6, "lr": 0.03}  # lop/imagenet/cfg/l2.json
+    # lop/imagenet/cfg/l2.json; Adam's betas are the protocol's (l2 sets them only on the RL tasks)
+    assert l2.hparams_for("cimagenet") == {"weight_decay": 3e-6, "lr": 0.03, "adam_betas": "protocol"}
     assert snp.hparams_for("cimagenet") == {"weight_decay": 1e-5, "perturb_scale": 1e-5}
     assert snp.hparams_for("icifar100") == {"weight_decay": 5e-4, "perturb_scale": 1e-5}
     e = engine({"lr": 0.05})

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from plastibench.cli import app
 from plastibench.errors import UsageError
-from plastibench.registry import TASKS
+from plastibench.registry import METHODS, TASKS
 from plastibench.runner import plan
 
 WIDE = {"COLUMNS": "250"}  # rich tables are not truncated
@@ -284,19 +284,21 @@ def test_show_method_cbp():
     assert rows["pmnist"]["maturity_threshold"] == "100"
     assert rows["scr"]["replacement_rate"] == "0.0001" and rows["scr"]["count_rule"] == "bernoulli"
     assert rows["scr"]["maturity_threshold"] == "10" and rows["scr"]["utility"] == "adaptable_contribution"
-    assert "(any)" in rows
+    assert rows["sant"]["utility"] == "contribution" and rows["sant"]["maturity_threshold"] == "10000"
+    assert rows["(any)"]["replacement_rate"] == str(METHODS.get("cbp").hparams_for("(any)")["replacement_rate"])
 
 
 def defaults_table(output: str) -> dict[str, dict[str, str]]:
-    """``show method``'s defaults table as {task: {hyperparameter: value}}, in either orientation."""
+    """``show method``'s two tables as {task: {hyperparameter: value}}, "(any)" the defaults."""
     lines = output.splitlines()
-    at = [i for i, line in enumerate(lines) if "┃" in line and ("replacement_rate" in line or "pmnist" in line)]
-    assert len(at) == 1, output
-    header = [c.strip() for c in lines[at[0]].strip().strip("┃").split("┃")]
-    body = table_rows("\n".join(lines[at[0]:]))
-    if "replacement_rate" in header:  # one row per task
-        return {r[0]: dict(zip(header, r)) for r in body}
-    return {task: {r[0]: r[j] for r in body} for j, task in enumerate(header) if j > 0}
+    start = next(i for i, line in enumerate(lines) if line.strip() == "hyperparameters")
+    split = next(i for i, line in enumerate(lines) if line.strip().startswith("defaults per task"))
+    rows = {"(any)": {r[0]: r[2] for r in table_rows("\n".join(lines[start:split]))}}
+    task = None
+    for name, key, value in table_rows("\n".join(lines[split:])):
+        task = name or task
+        rows[task] = {**rows.get(task, rows["(any)"]), key: value}
+    return rows
 
 
 def test_show_method_unknown_exits_2():
