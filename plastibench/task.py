@@ -62,6 +62,33 @@ def into(buffer: torch.Tensor | None, values: torch.Tensor) -> torch.Tensor:
     return buffer.copy_(values)
 
 
+class Epochs:
+    """Mixin of a task read in epochs: task t's ``n_examples(t)`` examples in a fresh per-seed order
+    each epoch of ``epoch_steps(t)`` steps (``rng.permutation`` keyed by the epoch, purpose
+    ``NAME/epoch/t``), kept in one persistent buffer that the steps read (``epoch_slots``)."""
+
+    _epoch_key: tuple[int, int] | None = None
+    _epoch_order: torch.Tensor | None = None
+    _epoch_rows: torch.Tensor | None = None
+
+    def segment_every(self, task_index):
+        return self.epoch_steps(task_index)
+
+    def start_segment(self, task_index, step):
+        epoch = step // self.epoch_steps(task_index)
+        if self._epoch_key != (task_index, epoch):
+            order = rng.permutation(self.seeds, epoch, f"{self.name}/epoch/{task_index}", self.n_examples(task_index))
+            self._epoch_order = into(self._epoch_order, order)
+            self._epoch_key = (task_index, epoch)
+        if self._epoch_rows is None:
+            self._epoch_rows = torch.arange(self.protocol.batch_size, device=self.seeds.device)
+
+    def epoch_slots(self, task_index: int, step: torch.Tensor) -> torch.Tensor:
+        """The examples ``[S, B]`` (indices into the task's ``n_examples``) of ``step``, a device step."""
+        k = step % self.epoch_steps(task_index)
+        return self._epoch_order.index_select(1, k * self.protocol.batch_size + self._epoch_rows)
+
+
 def transition_steps(protocol: Protocol) -> int:
     """N of ``transition=linear:N`` (0 for ``abrupt``, the default)."""
     value = protocol.settings.get("transition", "abrupt")

@@ -54,7 +54,7 @@ from plastibench.data.cifar100 import load_cifar100
 from plastibench.data.paths import DataUnavailable
 from plastibench.protocol import OptimizerSpec, Protocol
 from plastibench.registry import register_task
-from plastibench.task import BOUNDARIES, TRANSITION, Task, into
+from plastibench.task import BOUNDARIES, TRANSITION, Epochs, Task
 from plastibench.vision import BatchedConvNet
 
 N_CLASSES = 100
@@ -72,7 +72,7 @@ def _protocol(name, n_tasks, steps, description, *, batch=32, per_class=500, pro
 
 
 @register_task("cifar5p1")
-class CIFAR5p1(Task):
+class CIFAR5p1(Epochs, Task):
     summary = "5+1 CIFAR (L2 Init): hard 5-class and easy 1-class CIFAR-100 tasks in turn, 780 steps each"
     plot_bin_tasks = 2  # a hard task and its easy one
     options = {**BOUNDARIES, **TRANSITION}
@@ -101,7 +101,7 @@ class CIFAR5p1(Task):
         self._rows = torch.arange(protocol.batch_size, device=self.device)
         self._mean = torch.tensor(MEAN, device=self.device).view(3, 1, 1)
         self._std = torch.tensor(STD, device=self.device).view(3, 1, 1)
-        self._epoch_key, self._epoch_order, self.previous = None, None, None
+        self.previous = None
         self.last_hard = torch.zeros(seeds.numel(), dtype=torch.float64, device=self.device)
         for t in range(protocol.n_tasks):
             if self.epoch_steps(t) < 1:
@@ -153,21 +153,9 @@ class CIFAR5p1(Task):
         prev = max(task_index - 1, 0)
         self.previous = (prev, rng.permutation(self.seeds, task_index, "cifar5p1/previous", self.n_examples(prev)))
 
-    def segment_every(self, task_index):
-        return self.epoch_steps(task_index)
-
-    def start_segment(self, task_index, step):
-        """The epoch's shuffle of the task's examples, in one persistent buffer per task shape."""
-        epoch = step // self.epoch_steps(task_index)
-        if self._epoch_key == (task_index, epoch):
-            return
-        order = rng.permutation(self.seeds, epoch, f"cifar5p1/epoch/{task_index}", self.n_examples(task_index))
-        self._epoch_order = into(self._epoch_order, order)
-        self._epoch_key = (task_index, epoch)
-
     def batch(self, task_index, step):
         b = self.protocol.batch_size
-        flat = self._epoch_order.index_select(1, (step % self.epoch_steps(task_index)) * b + self._rows)
+        flat = self.epoch_slots(task_index, step)
         index, label = self.examples(task_index, flat)
         if self.transition_steps:
             prev, order = self.previous

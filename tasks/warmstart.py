@@ -58,7 +58,7 @@ from plastibench.data.cifar10 import load_cifar10
 from plastibench.evaluate import accuracy, chunks
 from plastibench.protocol import OptimizerSpec, Protocol
 from plastibench.registry import register_task
-from plastibench.task import BOUNDARIES, Task, into
+from plastibench.task import BOUNDARIES, Epochs, Task
 from plastibench.vision import BatchedConvNet, BatchedResNet18
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
@@ -78,7 +78,7 @@ def _protocol(name, epochs, description, *, batch=128, train=50_000, test=10_000
 
 
 @register_task("warmstart")
-class WarmStart(Task):
+class WarmStart(Epochs, Task):
     summary = "warm-start CIFAR-10 (Ash & Adams): ResNet-18 on half the training set, then on all of it"
     plot_bin_tasks = 1
     options = {**BOUNDARIES}
@@ -117,10 +117,8 @@ class WarmStart(Task):
         # task 0's images, per seed; task 1's are all of them
         self.pools = [rng.permutation(seeds, 0, "warmstart/subset", n)[:, :first].contiguous(),
                       torch.arange(n, device=dev).expand(seeds.numel(), n)]
-        self._rows = torch.arange(protocol.batch_size, device=dev)
         self._mean = torch.tensor(MEAN, device=dev).view(3, 1, 1)
         self._std = torch.tensor(STD, device=dev).view(3, 1, 1)
-        self._epoch_key, self._epoch_order = None, None
 
     def network(self, seeds=None):
         cfg, seeds = self.protocol.settings, self.seeds if seeds is None else seeds
@@ -132,6 +130,9 @@ class WarmStart(Task):
         return (images[index].float().div_(255.0) - self._mean) / self._std
 
     # ----- the stream -----
+    def n_examples(self, task_index: int) -> int:
+        return self.pools[task_index].shape[1]
+
     def epoch_steps(self, task_index: int) -> int:
         return self.pools[task_index].shape[1] // self.protocol.batch_size
 
@@ -146,20 +147,8 @@ class WarmStart(Task):
                     if torch.is_tensor(value):
                         value.zero_()
 
-    def segment_every(self, task_index):
-        return self.epoch_steps(task_index)
-
-    def start_segment(self, task_index, step):
-        epoch = step // self.epoch_steps(task_index)
-        if self._epoch_key == (task_index, epoch):
-            return
-        n = self.pools[task_index].shape[1]
-        self._epoch_order = into(self._epoch_order, rng.permutation(self.seeds, epoch, f"warmstart/epoch/{task_index}", n))
-        self._epoch_key = (task_index, epoch)
-
     def batch(self, task_index, step):
-        b = self.protocol.batch_size
-        slot = self._epoch_order.index_select(1, (step % self.epoch_steps(task_index)) * b + self._rows)
+        slot = self.epoch_slots(task_index, step)
         index = self.pools[task_index].gather(1, slot)
         return self.inputs(self.train_images, index), self.train_labels[index]
 

@@ -234,6 +234,22 @@ def cifar10_writer():
     return write_tiny_cifar10
 
 
+@pytest.fixture(scope="session")
+def spy_method():
+    """A method that records the task indices of its ``on_task_start`` calls (``.calls``)."""
+    from plastibench.method import Method
+
+    class Spy(Method):
+        def configure_network(self, net):
+            self.calls = []
+            return net
+
+        def on_task_start(self, task_index):
+            self.calls.append(task_index)
+
+    return Spy
+
+
 @pytest.fixture
 def dropped_connection(monkeypatch):
     """Make every download write part of a file, then fail as a dropped connection does."""

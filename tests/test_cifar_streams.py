@@ -16,7 +16,6 @@ from plastibench.clock import StepClock
 from plastibench.data.cifar10 import load_cifar10
 from plastibench.data.cifar100 import load_cifar100
 from plastibench.engine import Engine
-from plastibench.method import Method
 from plastibench.registry import METHODS, TASKS
 from plastibench.results import read_yaml, run_config, summarise
 
@@ -265,23 +264,12 @@ def test_warmstart_refuses_a_transition_and_hashes_hidden_boundaries():
 
 # ----- both -----
 
-class Spy(Method):
-    """Records the task indices of its ``on_task_start`` calls."""
-
-    def configure_network(self, net):
-        self.calls = []
-        return net
-
-    def on_task_start(self, task_index):
-        self.calls.append(task_index)
-
-
 @pytest.mark.parametrize("name, fixture", [("cifar5p1", "tiny_cifar100"), ("warmstart", "tiny_cifar10")])
-def test_hidden_boundaries_reach_no_method(name, fixture, request, tmp_path):
+def test_hidden_boundaries_reach_no_method(name, fixture, request, tmp_path, spy_method):
     cls = TASKS.get(name)
     for boundaries, calls in (("visible", [0, 1]), ("hidden", [0])):
         proto = dataclasses.replace(cls.with_options(cls.protocol("smoke"), {"boundaries": boundaries}), n_tasks=2)
-        run = Engine(Spy, {}, cls, proto, [0], device=CPU, directory=tmp_path / boundaries,
+        run = Engine(spy_method, {}, cls, proto, [0], device=CPU, directory=tmp_path / boundaries,
                      config=run_config("spy", {}, proto, [0]), data_dir=request.getfixturevalue(fixture),
                      verify=False)
         run.run()

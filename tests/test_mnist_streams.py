@@ -20,7 +20,6 @@ from plastibench.data.cifar10 import load_cifar10
 from plastibench.data.emnist import load_emnist
 from plastibench.engine import Engine
 from plastibench.errors import UsageError
-from plastibench.method import Method
 from plastibench.registry import METHODS, TASKS
 from plastibench.results import run_config, run_dir, write_metrics, write_yaml
 
@@ -230,22 +229,11 @@ def test_transition_values_are_validated_and_hashed_only_when_chosen():
 
 # ----- boundaries=hidden -----
 
-class Spy(Method):
-    """Records the task indices of its ``on_task_start`` calls."""
-
-    def configure_network(self, net):
-        self.calls = []
-        return net
-
-    def on_task_start(self, task_index):
-        self.calls.append(task_index)
-
-
 @pytest.mark.parametrize("boundaries, calls", [("visible", [0, 1, 2]), ("hidden", [0])])
-def test_hidden_boundaries_suppress_on_task_start(boundaries, calls, tiny_mnist, tmp_path):
+def test_hidden_boundaries_suppress_on_task_start(boundaries, calls, tiny_mnist, tmp_path, spy_method):
     cls = TASKS.get("ipmnist")
     proto = cls.with_options(cls.protocol("smoke"), {"boundaries": boundaries})
-    engine = Engine(Spy, {}, cls, proto, [0], device=CPU, directory=tmp_path,
+    engine = Engine(spy_method, {}, cls, proto, [0], device=CPU, directory=tmp_path,
                     config=run_config("spy", {}, proto, [0]), data_dir=tiny_mnist, verify=False)
     engine.run()
     assert engine.method.calls == calls
