@@ -140,6 +140,6 @@ class CReLU(Method):
             widths = base if same else matched_widths(base, lambda ws, f: resnet_parameters(ws, k, f))
             new = BatchedResNet18(seeds, num_classes=k, activation="crelu", widths=widths)
         else:
-            raise HyperparameterError(f"crelu does not know how to rebuild a {type(net).__name__}")
+            raise HyperparameterError(f"crelu does not know how to rebuild the network {type(net).__name__}")
         new.train(net.training)
         return new

@@ -102,8 +102,8 @@ def boundaries_hidden(protocol: Protocol) -> bool:
 def require_boundaries(method_cls: type, task_cls: type, protocol: Protocol) -> None:
     """Refuse (UsageError) a method that acts at task boundaries on a stream that hides them."""
     if boundaries_hidden(protocol) and getattr(method_cls, "needs_boundaries", False):
-        how = ("task.boundaries=hidden hides them; run it with task.boundaries=visible" if task_cls.has_boundaries
-               else "it has no task boundaries (its tasks are bins of one stream)")
+        how = ("runs with task.boundaries=hidden; run it with task.boundaries=visible" if task_cls.has_boundaries
+               else "has no task boundaries (its tasks are bins of one stream)")
         raise UsageError(f"method {method_cls.name!r} acts at task boundaries (on_task_start), but "
                          f"{protocol.task} {how}")
 

@@ -244,7 +244,7 @@ def refusal(method: str, task: str) -> str | None:
     if bins and getattr(METHODS.get(method), "needs_boundaries", False):
         return "has no task boundaries"
     if bins and method == "crelu":
-        return "does not know how to rebuild a ActorCritic"
+        return "does not know how to rebuild the network ActorCritic"
     return None
 
 
