@@ -307,7 +307,11 @@ def _run_records(run_dir: Path, n_tasks: int | None = None) -> tuple[dict, Proto
             raise ResultError(f"{run_dir}/{exc}") from None
         raise ResultError(f"{run_dir}/config.yaml: no usable protocol_spec ({exc})") from None
     n = protocol.n_tasks if n_tasks is None else n_tasks
-    seeds = config.get("seeds")
+    seeds, method = config.get("seeds"), config.get("method")
+    if not isinstance(method, str) or not method:
+        raise ResultError(f"{run_dir}/config.yaml: damaged (method {method!r} is not a method's name)")
+    if not isinstance(seeds, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise ResultError(f"{run_dir}/config.yaml: damaged (seeds {seeds!r} is not a list of seeds)")
     try:
         metrics = read_metrics(run_dir / "metrics.csv")
     except (OSError, KeyError, ValueError, AssertionError) as exc:

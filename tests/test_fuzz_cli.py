@@ -199,3 +199,15 @@ def test_mutated_leaderboard_entries(made, data, readme):
             (root / "README.md").write_text(data.draw(st.text(max_size=60)))
         check(invoke("leaderboard", "check", "--root", root))
         check(invoke("leaderboard", "render", "--root", root))
+
+
+@pytest.mark.parametrize("key, value", [("method", None), ("method", 7), ("seeds", None), ("seeds", ["a"])])
+def test_a_config_without_a_method_name_or_seeds_is_damaged_not_a_crash(made, tmp_path, key, value):
+    """Found by the fuzzer: ``compare`` sorted its rows by a run's method, None when config.yaml said null."""
+    run_dir = tmp_path / "scr" / "smoke" / made["run"].name
+    shutil.copytree(made["run"], run_dir)
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({**config, key: value}))
+    result = invoke("compare", run_dir, made["run"])
+    check(result)
+    assert result.exit_code != 0 and "config.yaml: damaged" in result.output
