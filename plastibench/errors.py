@@ -7,6 +7,10 @@ class UsageError(ValueError):
     """Bad command-line input: the CLI prints the message and exits with status 2."""
 
 
+class MissingExtra(UsageError, ImportError):
+    """An optional dependency is not installed: the message says which extra installs it (exit 2)."""
+
+
 class RunFileError(ValueError):
     """A file of a run directory (summary.yaml, metrics.csv, ...) is missing, damaged or edited by hand:
     the CLI prints the message and exits with status 1."""

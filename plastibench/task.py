@@ -89,6 +89,12 @@ class Epochs:
         return self._epoch_order.index_select(1, k * self.protocol.batch_size + self._epoch_rows)
 
 
+def cross_entropy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-seed mean cross-entropy ``[S]`` of logits ``[S, B, C]`` against labels ``[S, B]``."""
+    s, b, c = out.shape
+    return torch.nn.functional.cross_entropy(out.reshape(s * b, c), y.reshape(-1), reduction="none").view(s, b).mean(1)
+
+
 def transition_steps(protocol: Protocol) -> int:
     """N of ``transition=linear:N`` (0 for ``abrupt``, the default)."""
     value = protocol.settings.get("transition", "abrupt")

@@ -19,7 +19,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from plastibench import rng
 from plastibench.data.cifar10 import load_cifar10
@@ -27,7 +26,7 @@ from plastibench.data.emnist import load_emnist
 from plastibench.data.mnist import load_mnist
 from plastibench.nn import BatchedMLP, MLPSpec
 from plastibench.protocol import OptimizerSpec, Protocol
-from plastibench.task import BOUNDARIES, TRANSITION, Task
+from plastibench.task import BOUNDARIES, TRANSITION, Task, cross_entropy
 
 PIXELS = 784
 
@@ -120,8 +119,7 @@ class ImageStream(Task):
         return torch.where(choose.view(*choose.shape, *[1] * (max(new.dim(), old.dim()) - 2)), new, old)
 
     def loss(self, out, y):
-        s, b, c = out.shape
-        return F.cross_entropy(out.reshape(s * b, c), y.reshape(-1), reduction="none").view(s, b).mean(1)
+        return cross_entropy(out, y)
 
     def step_metric(self, out, y, loss):
         return (out.argmax(-1) == y).float().mean(1)

@@ -47,14 +47,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from plastibench import rng
 from plastibench.data.cifar100 import load_cifar100
 from plastibench.data.paths import DataUnavailable
 from plastibench.protocol import OptimizerSpec, Protocol
 from plastibench.registry import register_task
-from plastibench.task import BOUNDARIES, TRANSITION, Epochs, Task
+from plastibench.task import BOUNDARIES, TRANSITION, Epochs, Task, cross_entropy
 from plastibench.vision import BatchedConvNet
 
 N_CLASSES = 100
@@ -165,8 +164,7 @@ class CIFAR5p1(Epochs, Task):
         return self.inputs(index), label
 
     def loss(self, out, y):
-        s, b, c = out.shape
-        return F.cross_entropy(out.reshape(s * b, c), y.reshape(-1), reduction="none").view(s, b).mean(1)
+        return cross_entropy(out, y)
 
     def step_metric(self, out, y, loss):
         return (out.argmax(-1) == y).float().mean(1)

@@ -72,7 +72,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from plastibench import rng
 from plastibench.data.imagenet32 import TRAIN_PER_CLASS, load_imagenet32_store
@@ -80,7 +79,7 @@ from plastibench.data.paths import DataUnavailable
 from plastibench.evaluate import accuracy, chunks
 from plastibench.protocol import OptimizerSpec, Protocol
 from plastibench.registry import register_task
-from plastibench.task import BOUNDARIES, TRANSITION, Task, into
+from plastibench.task import BOUNDARIES, TRANSITION, Task, cross_entropy, into
 from plastibench.vision import BatchedConvNet
 
 _SGD = OptimizerSpec(name="sgd", lr=0.01, momentum=0.9)
@@ -254,8 +253,7 @@ class ContinualImageNet(Task):
         return self._images(label, idx % per_class, pair), label
 
     def loss(self, out, y):
-        s, b, c = out.shape
-        return F.cross_entropy(out.reshape(s * b, c), y.reshape(-1), reduction="none").view(s, b).mean(1)
+        return cross_entropy(out, y)
 
     def _split(self, first_row: int, per_class: int):
         """Label and row tensors ``[S, 2·per_class]`` of both classes' rows from ``first_row``."""

@@ -14,7 +14,8 @@ rollouts = 100 352 environment steps. Protocols:
 * ``paper``: 200 bins = 9 800 rollouts = 20 070 400 steps (the reference's 2e7 rounded up to whole
   bins), ten frictions; 100 seeds by default, as the figure's 100 runs;
 * ``short``: the first 60 bins (6.02 M steps, three frictions), where standard PPO's decline after
-  the first switches should show, in GPU hours;
+  the first switches should show (5 seeds: about 13 hours of the 2-core CPU of
+  ``docs/benchmarks.md`` for ``bp``; a GPU box's time is not measured yet);
 * ``smoke``: seconds, for tests: 16-16 nets, rollouts of 8 steps, 2 epochs of 2 mini-batches of 4,
   bins of 1 rollout, episodes of at most 5 steps and a friction switch after 10 steps.
 """

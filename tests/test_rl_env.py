@@ -215,7 +215,7 @@ def test_reset_noise():
     assert len(np.unique(dq[:, 0])) == 200
 
 
-def test_missing_extra_says_how_to_install(monkeypatch):
+def test_missing_extra_says_how_to_install(monkeypatch, tmp_path):
     import sys
 
     from plastibench.rl.ant import AntBatch
@@ -223,3 +223,10 @@ def test_missing_extra_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "mujoco", None)
     with pytest.raises(ImportError, match=r'pip install -e "\.\[rl\]"'):
         AntBatch(torch.arange(1))
+    # through the CLI: a usage error that says what to install, no traceback
+    from typer.testing import CliRunner
+
+    from plastibench.cli import app
+    result = CliRunner().invoke(app, ["run", "-m", "bp", "-t", "sant", "-p", "smoke", "--device", "cpu",
+                                      "--out", str(tmp_path)], env={"COLUMNS": "200"})
+    assert result.exit_code == 2 and 'pip install -e ".[rl]"' in result.output, (result.output, result.exception)

@@ -56,6 +56,7 @@ import numpy as np
 import torch
 
 from .. import rng
+from ..errors import MissingExtra
 
 FRAME_SKIP = 5
 MAX_EPISODE_STEPS = 1000
@@ -70,7 +71,7 @@ def _mujoco():
         import mujoco
         import mujoco.batch
     except ImportError as e:
-        raise ImportError(f'the RL environments need MuJoCo 4 ({e}); install them with: pip install -e ".[rl]"') from e
+        raise MissingExtra(f'the RL environments need MuJoCo 4 ({e}); install them with: pip install -e ".[rl]"') from e
     return mujoco
 
 
@@ -80,7 +81,7 @@ def ant_xml(friction: float | None = None) -> str:
     try:
         text = importlib.resources.files("gymnasium").joinpath("envs/mujoco/assets/ant.xml").read_text()
     except ModuleNotFoundError as e:
-        raise ImportError(f'the Ant model comes with gymnasium ({e}); install it with: pip install -e ".[rl]"') from e
+        raise MissingExtra(f'the Ant model comes with gymnasium ({e}); install it with: pip install -e ".[rl]"') from e
     if friction is None:
         return text
     root = ET.fromstring(text)
