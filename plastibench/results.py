@@ -329,6 +329,9 @@ def _run_records(run_dir: Path, n_tasks: int | None = None) -> tuple[dict, Proto
         raise ResultError(f"{run_dir}/metrics.csv does not hold {protocol.metric} for {what} of seeds "
                           f"{short or seeds}: the run is unfinished or damaged")
     rows = [protocol.metric, *(name for name in ("diverged_at_step",) if name in metrics)]  # divergence
+    if any(len(metrics[name].get(s, ())) < n for name in rows[1:] for s in seeds):
+        raise ResultError(f"{run_dir}/metrics.csv does not hold diverged_at_step for {n} tasks of every seed: "
+                          "the run is damaged")
     records = [{name: np.array([metrics[name][s][t] for s in seeds]) for name in rows} for t in range(n)]
     return config, protocol, records
 

@@ -211,3 +211,15 @@ def test_a_config_without_a_method_name_or_seeds_is_damaged_not_a_crash(made, tm
     result = invoke("compare", run_dir, made["run"])
     check(result)
     assert result.exit_code != 0 and "config.yaml: damaged" in result.output
+
+
+def test_metrics_missing_divergence_rows_are_damaged_not_a_crash(made, tmp_path):
+    """Found by the fuzzer: a metrics.csv whose diverged_at_step rows stop early made compare index past them."""
+    run_dir = tmp_path / "scr" / "smoke" / made["run"].name
+    shutil.copytree(made["run"], run_dir)
+    lines = (run_dir / "metrics.csv").read_text().splitlines()
+    cut = next(i for i, line in reversed(list(enumerate(lines))) if ",diverged_at_step," in line)
+    (run_dir / "metrics.csv").write_text("\n".join(lines[:cut] + lines[cut + 1:]) + "\n")
+    result = invoke("compare", run_dir, made["run"])
+    check(result)
+    assert result.exit_code != 0 and "diverged_at_step" in result.output
